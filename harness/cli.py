@@ -1,0 +1,230 @@
+"""The `harness` command line (click).
+
+Errors a user can cause are printed as one sentence with exit code 2 and no traceback (CONVENTIONS 15).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any
+
+import click
+import yaml
+
+from harness.errors import UserError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError,)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    # zoo.ZooError lives in the zoo package (it does not depend on harness); imported lazily so `harness --help`
+    # does not import torch.
+    from zoo import ZooError
+
+    return USER_ERRORS + (ZooError,)
+
+
+class HarnessGroup(click.Group):
+    """A click group that turns user errors into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _user_errors() as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+
+def parse_sets(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """`--set key=value` pairs; values are parsed as YAML scalars (so 128 is an int, true a bool, 1e-4 a float)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--set expects key=value, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str) and _looks_like_float(value):
+            value = float(value)  # YAML 1.1 reads "1e-4" as a string
+        out[key] = value
+    return out
+
+
+def _looks_like_float(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return s.strip().lower() not in {"nan", "inf", "-inf", "+inf", "infinity", "-infinity"}
+
+
+@click.group(cls=HarnessGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="harness")
+def main() -> None:
+    """Rerun published ablation studies of small vision models end to end: train, evaluate, track, tabulate."""
+
+
+# ----------------------------------------------------------------------------------------------------------- zoo
+@main.group(cls=HarnessGroup)
+def zoo() -> None:
+    """The model zoo: registered architecture variants."""
+
+
+@zoo.command("list")
+@click.argument("pattern", required=False)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config override applied to every name.")
+def zoo_list(pattern: str | None, sets: tuple[str, ...]) -> None:
+    """List registered names (optionally matching a glob PATTERN) with parameters and GFLOPs per sample."""
+    import zoo as zoo_pkg
+    from harness.console import format_table
+
+    overrides = parse_sets(sets)
+    rows = [zoo_pkg.describe(n, **overrides) for n in zoo_pkg.names(pattern)]
+    if not rows:
+        raise UserError(f"no zoo name matches {pattern!r}; `harness zoo list` shows them all")
+    cols = ["name", "family", "params", "applications", "gflops"]
+    for r in rows:
+        r["gflops"] = round(r["gflops"], 3)
+    click.echo(format_table(rows, cols))
+
+
+@zoo.command("show")
+@click.argument("name")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config override, e.g. --set width=128.")
+def zoo_show(name: str, sets: tuple[str, ...]) -> None:
+    """Show the resolved config of NAME and a module summary."""
+    import torch
+
+    import zoo as zoo_pkg
+    from harness.console import format_table
+
+    overrides = parse_sets(sets)
+    cfg = zoo_pkg.config(name, **overrides)
+    entry = zoo_pkg.entry(name)
+    with torch.device("meta"):
+        model = zoo_pkg.build_from_config(entry.family, cfg)
+    resolved = dataclasses.asdict(cfg)
+    for attr in ("d_ff",):  # derived fields shown with the config
+        if hasattr(cfg, attr):
+            resolved[attr] = getattr(cfg, attr)
+    click.echo(f"# {name} ({entry.family})")
+    if entry.doc:
+        click.echo(f"# {entry.doc.splitlines()[0]}")
+    click.echo(yaml.safe_dump({"config": resolved}, sort_keys=False).rstrip())
+    rows = [
+        {"module": n, "type": type(m).__name__, "params": sum(p.numel() for p in m.parameters())}
+        for n, m in model.named_children()
+    ]
+    click.echo("")
+    click.echo(format_table(rows, ["module", "type", "params"]))
+    click.echo("")
+    click.echo(f"trainable parameters: {zoo_pkg.param_count(model):,}")
+    click.echo(f"forward GFLOPs per sample: {zoo_pkg.flops(name, **overrides) / 1e9:.3f}")
+    if entry.recorded_params is not None and not overrides:
+        click.echo(f"paper's count: {entry.recorded_params:,}")
+    for key, value in getattr(model, "summary_fields", lambda: {})().items():
+        click.echo(f"{key}: {value}")
+
+
+# --------------------------------------------------------------------------------------------------------- study
+_study_file = click.argument("study_file", type=click.Path(dir_okay=False))
+_profile = click.option("--profile", "-p", default=None,
+                        help="Scale profile declared in the study (e.g. paper, cpu, smoke).")
+_sets = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                     help="Override a study key, e.g. --set train.steps=100 (precedence: YAML < profile < --set).")
+_tracking = click.option("--tracking-uri", default=None,
+                         help="MLflow tracking URI (default: sqlite store in <results-dir>/mlflow.db).")
+_results = click.option("--results-dir", default=None, type=click.Path(file_okay=False),
+                        help="Where tables, plots, runs and the default MLflow store go (default: ./results beside "
+                             "studies/).")
+
+
+@main.command()
+@_study_file
+@_profile
+@_sets
+@click.option("--dry-run", is_flag=True,
+              help="Print the trial table (variant, axes, seed, params, steps, hash, done?) and exit.")
+@click.option("--address", default=None, help="Ray cluster address (e.g. auto); default: a local Ray instance.")
+@_tracking
+@_results
+@click.option("--retry-failed", is_flag=True, help="Rerun trials that FAILED before (default: keep them failed).")
+def study(study_file, profile, sets, dry_run, address, tracking_uri, results_dir, retry_failed) -> None:
+    """Run (or resume) the study in STUDY_FILE: train every trial, evaluate, track in MLflow, write the tables."""
+    from harness.runner import run_study
+
+    run_study(study_file, profile, parse_sets(sets), dry_run=dry_run, address=address, tracking_uri=tracking_uri,
+              results_dir=results_dir, retry_failed=retry_failed, echo=click.echo)
+
+
+@main.command()
+@_study_file
+@_profile
+@_sets
+@_tracking
+@_results
+def table(study_file, profile, sets, tracking_uri, results_dir) -> None:
+    """Regenerate the study's tables and plots from MLflow into results/<study>/<profile>/."""
+    from harness.runner import write_tables
+
+    write_tables(study_file, profile, parse_sets(sets), tracking_uri, results_dir, echo=click.echo)
+
+
+@main.command()
+@click.option("--port", default=5000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (only this machine by default).")
+@_tracking
+@_results
+def ui(port, host, tracking_uri, results_dir) -> None:
+    """Serve the MLflow UI for the study store (on 127.0.0.1 unless told otherwise)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from harness.tracking import default_tracking_uri
+
+    rdir = Path(results_dir or "results").resolve()
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(rdir)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}; run a study first or pass --results-dir")
+    click.echo(f"MLflow UI for {uri} at http://{host}:{port}")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    if uri.startswith("sqlite:///"):
+        cmd += ["--default-artifact-root", (rdir / "mlartifacts").as_uri()]
+    sys.exit(subprocess.call(cmd))
+
+
+# --------------------------------------------------------------------------------------------------------- bench
+@main.group(cls=HarnessGroup)
+def bench() -> None:
+    """Benchmarks that print figures and write results/bench/<name>.md."""
+
+
+@bench.command("zoo")
+@click.option("--variants", default="D8,D1S8,D2S4I", show_default=True, help="Comma-separated zoo names.")
+@click.option("--widths", default="512,128", show_default=True, help="Comma-separated model widths.")
+@click.option("--batches", default="8,32", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--steps", default=6, show_default=True, help="Timed steps per measurement (after warm-up).")
+@click.option("--threads", default=None, type=int, help="torch threads (default: all cores).")
+@click.option("--out", default="results/bench/zoo.md", show_default=True, type=click.Path(dir_okay=False))
+def bench_zoo(variants: str, widths: str, batches: str, steps: int, threads: int | None, out: str) -> None:
+    """Training-step and forward throughput per variant, width and batch, against the measured matmul GFLOP/s."""
+    from harness.bench import zoo_benchmark
+
+    zoo_benchmark(
+        variants=[v.strip() for v in variants.split(",") if v.strip()],
+        widths=[int(w) for w in widths.split(",")],
+        batches=[int(b) for b in batches.split(",")],
+        steps=steps,
+        threads=threads,
+        out=out,
+        echo=click.echo,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""The model zoo: named, frozen architecture variants of the papers' models.
+
+Each family file registers itself on import; they are imported explicitly here (CONVENTIONS 1).
+"""
+
+from zoo import block_sharing  # noqa: E402,F401  (registers D16, D8, D1S16, ...)
+from zoo.registry import (
+    Entry,
+    Family,
+    ZooError,
+    apply_overrides,
+    build,
+    build_from_config,
+    config,
+    describe,
+    entry,
+    families,
+    family_of,
+    flops,
+    get_family,
+    names,
+    param_count,
+    register,
+    register_family,
+)
+
+__all__ = [
+    "Entry",
+    "Family",
+    "ZooError",
+    "apply_overrides",
+    "build",
+    "build_from_config",
+    "config",
+    "describe",
+    "entry",
+    "families",
+    "family_of",
+    "get_family",
+    "flops",
+    "names",
+    "param_count",
+    "register",
+    "register_family",
+]
