@@ -1,0 +1,421 @@
+"""Image-quality metrics: FID/KID through torch-fidelity, offline-safe.
+
+Two feature spaces, never confused in the results:
+
+- ``inception``: torch-fidelity's ``inception-v3-compat`` (the standard FID/KID network). Its weights come from the
+  torch hub cache or from an explicit file; this module never downloads, it fails with a ``MetricsError`` that names
+  the path to fill (DESIGN.md, pitfall 6). Keys: ``fid``, ``kid``, ``kid_std``.
+- ``classifier``: a small CNN trained once on the study's own dataset (``train_classifier_extractor``) and registered
+  with torch-fidelity; its penultimate features give a Frechet/kernel distance that is *not* FID. Keys:
+  ``fd_classifier``, ``kd_classifier``, ``kd_classifier_std``. Without labels it learns to predict rotations
+  (Gidaris et al. 2018, "Unsupervised representation learning by predicting image rotations").
+
+torch-fidelity caches reference features by name only, so the cache name carries the extractor, a hash of its weight
+tensors, the caller's reference key, a digest of the reference tensor itself and n (DESIGN.md, pitfall 5).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torch_fidelity
+from torch import nn
+from torch.utils.data import Dataset
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+from harness.errors import UserError
+
+INCEPTION_NAME = "inception-v3-compat"
+INCEPTION_FILENAME = os.path.basename(URL_INCEPTION_V3)  # weights-inception-2015-12-05-6726825d.pth
+CLASSIFIER_NAME = "harness-classifier"
+CLASSIFIER_ARCH_VERSION = 1
+KID_MAX_SUBSET = 1000  # torch-fidelity's default subset size; smaller sets use n (DESIGN.md, pitfall 5)
+
+
+class MetricsError(UserError):
+    """A metrics problem the user can fix (missing weights, too few images); the message says how."""
+
+
+def tensor_digest(x: torch.Tensor) -> str:
+    """sha256 hex of a tensor's dtype, shape and bytes (a content key for a reference image set)."""
+    h = hashlib.sha256(f"{x.dtype}{tuple(x.shape)}".encode())
+    h.update(x.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def state_dict_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 hex of a state dict's tensors (sorted names, dtype, shape, bytes): ``torch.save`` files are not
+    byte-reproducible, so weights are identified by their contents, not by the file (notes/fid_offline.md)."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        h.update(name.encode())
+        h.update(tensor_digest(state_dict[name]).encode())
+    return h.hexdigest()
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _weights_digest(path: Path, required_key: str) -> str:
+    """Tensor digest of a weights file, memoised per (path, size, mtime); loads with ``weights_only=True``, so a
+    file that is not a plain state dict is refused before torch-fidelity unpickles it."""
+    st = path.stat()
+    memo = (str(path), st.st_size, st.st_mtime_ns)
+    if memo not in _DIGESTS:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise MetricsError(f"Cannot read weights file {path} as a plain state dict ({type(e).__name__}).") from e
+        if isinstance(sd, dict) and "state_dict" in sd:
+            sd = sd["state_dict"]
+        if not isinstance(sd, dict) or required_key not in sd:
+            raise MetricsError(f"Weights file {path} lacks '{required_key}': it is not the expected network's file.")
+        _DIGESTS[memo] = state_dict_digest(sd)
+    return _DIGESTS[memo]
+
+
+class _UInt8Images(Dataset):
+    """uint8 (N,C,H,W) tensor as a torch-fidelity input: items are uint8 3xHxW (grey repeated to 3 channels)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images.detach().cpu()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        x = self.images[i]
+        return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
+
+
+def _check_images(x: torch.Tensor, what: str) -> None:
+    if not (torch.is_tensor(x) and x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] in (1, 3)):
+        desc = f"{x.dtype} {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"{what} must be a uint8 tensor (N, 1 or 3, H, W), got {desc}")
+
+
+class ClassifierNet(nn.Module):
+    """Four 3x3 conv blocks (GroupNorm, so features do not depend on the batch), global average pool to a
+    ``feature_dim`` penultimate feature, linear head. About 0.3M parameters; input float in [-1, 1]."""
+
+    def __init__(self, num_classes: int, feature_dim: int = 128) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.GroupNorm(8, cout), nn.SiLU()]
+
+        self.features = nn.Sequential(
+            *block(3, 32, 1), *block(32, 64, 2), *block(64, 128, 2), *block(128, feature_dim, 2),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )  # fmt: skip
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _to_input(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 Bx{1,3}xHxW -> float Bx3xhxw in [-1, 1] at the classifier's training size (bilinear, antialiased)."""
+    x = x.float().expand(-1, 3, -1, -1)
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return x / 127.5 - 1.0
+
+
+def _load_classifier(path: str | os.PathLike) -> tuple[ClassifierNet, tuple[int, int]]:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("arch_version") != CLASSIFIER_ARCH_VERSION:
+        raise MetricsError(f"Classifier file {path} has arch version {payload.get('arch_version')}, "
+                           f"expected {CLASSIFIER_ARCH_VERSION}: delete it and rerun to retrain.")  # fmt: skip
+    net = ClassifierNet(int(payload["num_classes"]))
+    net.load_state_dict(payload["state_dict"])
+    return net.eval(), (int(payload["image_size"][0]), int(payload["image_size"][1]))
+
+
+class ClassifierFeatureExtractor(FeatureExtractorBase):
+    """torch-fidelity extractor over a ``ClassifierNet`` file (``feature_extractor_weights_path``): uint8 Bx3xHxW
+    in, resized to the training size inside; features ``penultimate`` (FID/KID/PRC) and ``logits``."""
+
+    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(name, features_list)
+        if feature_extractor_weights_path is None:
+            raise MetricsError("The classifier extractor needs a weights file: train one with "
+                               "harness.metrics.train_classifier_extractor.")  # fmt: skip
+        self.net, self.image_size = _load_classifier(feature_extractor_weights_path)
+        self.requires_grad_(False)
+        self.eval()
+
+    @staticmethod
+    def get_provided_features_list() -> tuple[str, ...]:
+        return "penultimate", "logits"
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric: str) -> str:
+        return "logits" if metric == "isc" else "penultimate"
+
+    @staticmethod
+    def can_be_compiled() -> bool:
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile() -> torch.Tensor:
+        return torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if not (x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] == 3):
+            raise ValueError(f"expected uint8 Bx3xHxW, got {x.dtype} {tuple(x.shape)}")
+        feats = self.net.features(_to_input(x, self.image_size))
+        out = {"penultimate": feats}
+        if "logits" in self.features_list:
+            out["logits"] = self.net.head(feats)
+        return tuple(out[k].float() for k in self.features_list)
+
+
+if CLASSIFIER_NAME not in FEATURE_EXTRACTORS_REGISTRY:  # module reloads must not re-register
+    torch_fidelity.register_feature_extractor(CLASSIFIER_NAME, ClassifierFeatureExtractor)
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def classifier_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON metadata written beside a trained classifier (task, held-out accuracy, sizes, seed, ...); {} if none."""
+    meta = Path(path).with_suffix(".json")
+    return json.loads(meta.read_text()) if meta.exists() else {}
+
+
+def train_classifier_extractor(
+    x_uint8: torch.Tensor,
+    y: torch.Tensor | None,
+    num_classes: int,
+    cache_dir: str | os.PathLike,
+    dataset_key: str,
+    epochs: int = 5,
+    seed: int = 0,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    heldout_fraction: float = 0.1,
+) -> Path:
+    """Train (once) the classifier feature extractor on a study's dataset and return its weights file.
+
+    The file is ``cache_dir/classifier-<dataset_key>-<task>-v<arch>-e<epochs>-s<seed>.pt`` (a dict holding the state
+    dict, loaded with ``weights_only=True``); the ``.json`` beside it records the held-out accuracy so reports can say
+    how good the feature space is. An existing file is reused; concurrent callers serialise on a lock file.
+    ``x_uint8`` is (N, 1 or 3, H, W) uint8 with labels ``y`` (N,). Without labels (``num_classes == 0`` or ``y`` None)
+    the network learns which of 4 rotations was applied (self-supervised; square images only).
+    ``dataset_key`` is a content hash (or other unique key) of the dataset.
+    """
+    _check_images(x_uint8, "x_uint8")
+    _check_key(dataset_key, "dataset_key")
+    rotation = num_classes == 0 or y is None
+    n, _, h, w = x_uint8.shape
+    if rotation and h != w:
+        raise MetricsError(f"Dataset {dataset_key} has no labels and non-square {h}x{w} images: rotation "
+                           "pretraining needs square images; pass labels instead.")  # fmt: skip
+    n_held = max(1, int(round(n * heldout_fraction)))
+    if n - n_held < 2:
+        raise MetricsError(f"Dataset {dataset_key} has {n} images: too few to train the classifier extractor.")
+    cache_dir = Path(cache_dir).absolute()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    task = "rotation" if rotation else "labels"
+    path = cache_dir / f"classifier-{dataset_key}-{task}-v{CLASSIFIER_ARCH_VERSION}-e{epochs}-s{seed}.pt"
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists() and path.with_suffix(".json").exists():
+            return path
+        t0 = time.perf_counter()
+        k = 4 if rotation else int(num_classes)
+        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream untouched
+            torch.manual_seed(seed)
+            net, acc = _fit(x_uint8.cpu(), None if rotation else y.cpu().long(), k, n_held, epochs, batch_size, lr)
+        sd = {name: t.detach().clone() for name, t in net.state_dict().items()}
+        payload = {"arch_version": CLASSIFIER_ARCH_VERSION, "num_classes": k, "image_size": [h, w], "state_dict": sd}
+        meta = {
+            "dataset_key": dataset_key, "arch_version": CLASSIFIER_ARCH_VERSION,
+            "task": task, "num_classes": k, "image_size": [h, w],
+            "epochs": epochs, "seed": seed, "n_train": n - n_held, "n_heldout": n_held, "heldout_accuracy": acc,
+            "weights_sha256": state_dict_digest(sd), "train_seconds": round(time.perf_counter() - t0, 2),
+            "torch": torch.__version__,
+        }  # fmt: skip
+        _atomic_write(path, lambda f: torch.save(payload, f))
+        _atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    return path
+
+
+def _rotate(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Rotate image i of a square batch by k[i] * 90 degrees."""
+    out = x.clone()
+    for r in range(1, 4):
+        sel = k == r
+        out[sel] = torch.rot90(x[sel], r, dims=(-2, -1))
+    return out
+
+
+def _fit(x: torch.Tensor, y: torch.Tensor | None, k: int, n_held: int, epochs: int, batch_size: int,
+         lr: float) -> tuple[ClassifierNet, float]:  # fmt: skip
+    """Adam on a random split; returns the network and its held-out accuracy (rotation task when ``y`` is None)."""
+    size = (x.shape[-2], x.shape[-1])
+    perm = torch.randperm(len(x))
+    held, train = perm[:n_held], perm[n_held:]
+    net = ClassifierNet(k)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    steps = epochs * ((len(train) + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1))
+    net.train()
+    for _ in range(epochs):
+        for idx in train[torch.randperm(len(train))].split(batch_size):
+            xb = _to_input(x[idx], size)
+            yb = y[idx] if y is not None else torch.randint(0, 4, (len(idx),))
+            if y is None:
+                xb = _rotate(xb, yb)
+            loss = F.cross_entropy(net(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    net.eval()
+    with torch.no_grad():
+        xb = _to_input(x[held], size)
+        if y is None:  # every held-out image in all four rotations
+            yb = torch.arange(4).repeat_interleave(len(held))
+            xb = _rotate(xb.repeat(4, 1, 1, 1), yb)
+        else:
+            yb = y[held]
+        acc = (net(xb).argmax(1) == yb).float().mean().item()
+    return net, round(acc, 4)
+
+
+def default_inception_weights() -> Path:
+    """Where torch-fidelity's ``load_state_dict_from_url`` keeps (or would download) the Inception weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILENAME
+
+
+def _check_key(key: str, what: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9._=+-]{1,80}", key or ""):
+        raise ValueError(f"{what} must be 1-80 characters of [A-Za-z0-9._=+-] (it names cache files), got {key!r}")
+
+
+def _resolve_inception(weights_path: str | os.PathLike | None) -> tuple[Path, str]:
+    if weights_path is not None:
+        path = Path(weights_path).expanduser().absolute()
+        if not path.is_file():
+            raise MetricsError(f"Inception weights file {path} (metrics.inception_weights) does not exist.")
+        return path, str(path)
+    path = default_inception_weights()
+    if not path.is_file():  # never let torch-fidelity try the network: offline it fails or hangs
+        raise MetricsError(
+            f"Inception weights for FID are not available offline: put {INCEPTION_FILENAME} (torch-fidelity's "
+            f"file, {URL_INCEPTION_V3}) at {path} or set metrics.inception_weights, or use the 'classifier' extractor."
+        )
+    return path, "official"
+
+
+def image_distance(
+    samples: torch.Tensor,
+    reference: torch.Tensor,
+    reference_key: str,
+    *,
+    cache_dir: str | os.PathLike,
+    extractor: str = "inception",
+    weights_path: str | os.PathLike | None = None,
+    classifier: str | os.PathLike | None = None,
+    kid: bool = True,
+    seed: int = 0,
+    device: str = "cpu",
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """FID/KID (Inception) or classifier-feature distances between generated samples and a reference set.
+
+    ``samples`` (N, 1 or 3, H, W) and ``reference`` (M, 1 or 3, H', W') are uint8. ``reference_key`` (a content hash
+    or unique name of the reference set), the extractor's weight digest, a digest of ``reference`` and M name
+    torch-fidelity's reference cache under ``cache_dir``. ``extractor`` is ``"inception"`` (inception-v3-compat;
+    ``weights_path`` or torch hub's cache, never downloaded) or ``"classifier"`` (``classifier`` is a file from
+    ``train_classifier_extractor``). KID uses 100 subsets of min(1000, N, M), drawn with ``seed``.
+
+    Returns ``fid``, ``kid``, ``kid_std`` (Inception) or ``fd_classifier``, ``kd_classifier``, ``kd_classifier_std``
+    and ``extractor_accuracy`` (held-out) for the classifier, plus always ``n_samples``, ``n_reference``,
+    ``extractor``, ``weights`` (source and tensor sha256), ``kid_subset_size`` (None without KID) and
+    ``reference_cache`` (the cache name).
+    """
+    _check_images(samples, "samples")
+    _check_images(reference, "reference")
+    _check_key(reference_key, "reference_key")
+    n, m = len(samples), len(reference)
+    if min(n, m) < 2:
+        raise MetricsError(f"FID/KID need at least 2 images on each side, got {n} samples and {m} reference images.")
+    cuda = str(device).startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        raise MetricsError(f"Metrics device {device!r} requested but CUDA is not available; use device 'cpu'.")
+
+    if extractor == "inception":
+        path, source = _resolve_inception(weights_path)
+        digest = _weights_digest(path, "Mixed_7c.branch_pool.conv.weight")
+        fe_name, label, prefix = INCEPTION_NAME, INCEPTION_NAME, ""
+        extra: dict[str, Any] = {}
+    elif extractor == "classifier":
+        if classifier is None:
+            raise MetricsError("The 'classifier' extractor needs a trained classifier file: "
+                               "call harness.metrics.train_classifier_extractor first.")  # fmt: skip
+        path = Path(classifier).expanduser().absolute()
+        if not path.is_file():
+            raise MetricsError(f"Classifier extractor file {path} does not exist: train it first.")
+        source = str(path)
+        digest = _weights_digest(path, "head.weight")
+        fe_name, label, prefix = CLASSIFIER_NAME, f"classifier:{digest[:12]}", "classifier"
+        extra = {"extractor_accuracy": classifier_metadata(path).get("heldout_accuracy")}
+    else:
+        raise ValueError(f"extractor must be 'inception' or 'classifier', got {extractor!r}")
+
+    cache_dir = Path(cache_dir).absolute()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_name = f"ref-{extractor}-{digest[:12]}-{reference_key}-{tensor_digest(reference)[:12]}-n{m}"
+    subset = min(KID_MAX_SUBSET, n, m)
+    out = torch_fidelity.calculate_metrics(
+        input1=_UInt8Images(samples),
+        input2=_UInt8Images(reference),
+        input2_cache_name=cache_name,
+        cache_root=str(cache_dir),
+        cache=True,
+        feature_extractor=fe_name,
+        feature_extractor_weights_path=str(path),
+        fid=True,
+        kid=kid,
+        kid_subset_size=subset,
+        cuda=cuda,
+        batch_size=batch_size,
+        rng_seed=seed,
+        save_cpu_ram=True,  # num_workers=0: the images are in memory, worker processes only add start-up time
+        verbose=False,
+    )
+    names = ("fd_classifier", "kd_classifier", "kd_classifier_std") if prefix else ("fid", "kid", "kid_std")
+    result: dict[str, Any] = {names[0]: float(out[torch_fidelity.KEY_METRIC_FID])}
+    if kid:
+        result[names[1]] = float(out[torch_fidelity.KEY_METRIC_KID_MEAN])
+        result[names[2]] = float(out[torch_fidelity.KEY_METRIC_KID_STD])
+    result.update(extra)
+    result.update(
+        n_samples=n, n_reference=m, extractor=label, weights=f"{source} sha256:{digest[:16]}",
+        kid_subset_size=subset if kid else None, reference_cache=cache_name,
+    )  # fmt: skip
+    return result
