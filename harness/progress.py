@@ -1,0 +1,151 @@
+"""The driver's Tune callback: the single MLflow writer, and a live progress line on the terminal."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from harness.spec import Trial
+from harness.tracking import TAG, Tracker, TrialRun
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class Progress:
+    """Trials done/running/failed, the current step of each running trial, and an ETA from observed speed."""
+
+    def __init__(self, todo: list[Trial], state: dict[str, str], echo, every_s: float = 10.0) -> None:
+        self.todo = {t.config_hash: t for t in todo}
+        self.total_steps = {h: int(t.train.get("steps", 0)) for h, t in self.todo.items()}
+        self.step: dict[str, int] = {}
+        self.first: dict[str, tuple[float, int]] = {}
+        self.done_before = sum(v == "done" for v in state.values())
+        self.n_all = len(state)
+        self.finished: set[str] = set()
+        self.failed: set[str] = set()
+        self.echo = echo
+        self.every_s = every_s
+        self._last = 0.0
+        self.started = time.time()
+
+    def update(self, h: str, step: int) -> None:
+        now = time.time()
+        self.first.setdefault(h, (now, step))
+        self.step[h] = step
+        if now - self._last >= self.every_s:
+            self._last = now
+            self.echo(self.line())
+
+    def end(self, h: str, ok: bool) -> None:
+        (self.finished if ok else self.failed).add(h)
+        self.echo(self.line())
+
+    def eta(self) -> float | None:
+        rates = []
+        for h, (t0, s0) in self.first.items():
+            dt, ds = time.time() - t0, self.step.get(h, s0) - s0
+            if dt > 0 and ds > 0:
+                rates.append(ds / dt)
+        if not rates:
+            return None
+        running = max(1, len(self.running()))
+        remaining = sum(max(0, self.total_steps[h] - self.step.get(h, 0))
+                        for h in self.todo if h not in self.finished | self.failed)
+        return remaining / (sum(rates) / len(rates) * running)
+
+    def running(self) -> list[str]:
+        return [h for h in self.step if h not in self.finished | self.failed]
+
+    def line(self) -> str:
+        run = ", ".join(f"{self.todo[h].variant} {self.step[h]}/{self.total_steps[h]}" for h in self.running())
+        eta = self.eta()
+        return (f"[{time.strftime('%H:%M:%S')}] done {self.done_before + len(self.finished)}/{self.n_all}  "
+                f"running {len(self.running())}{f' ({run})' if run else ''}  failed {len(self.failed)}  "
+                f"elapsed {_fmt_s(time.time() - self.started)}" + (f"  ETA {_fmt_s(eta)}" if eta is not None else ""))
+
+    def summary(self) -> None:
+        self.echo(f"finished {len(self.finished)} trial(s), failed {len(self.failed)}, in "
+                  f"{_fmt_s(time.time() - self.started)}")
+
+
+class StudyCallback(Callback):
+    """Runs in the driver: logs every trial report to its MLflow child run and closes runs with their status."""
+
+    def __init__(self, tracker: Tracker, runs: dict[str, TrialRun], progress: Progress) -> None:
+        self.tracker = tracker
+        self.runs = runs
+        self.progress = progress
+        self.final_state: dict[str, str] = {}
+        self.saw_done: set[str] = set()
+
+    @staticmethod
+    def _hash(trial) -> str:
+        return trial.config["cfg"]["trial_hash"]
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict[str, Any], **info) -> None:
+        h = self._hash(trial)
+        tr = self.runs[h]
+        step = int(result.get("step", 0))
+        metrics = result.get("metrics") or {}
+        self.tracker.log_metrics(tr, step, metrics)
+        for path in result.get("artifacts") or []:
+            p = Path(path)
+            if p.exists():
+                self.tracker.log_artifact(tr.run_id, p, p.parent.name)
+        if result.get("tags"):
+            self.tracker.set_tags(tr.run_id, result["tags"])
+        if result.get("final"):  # not "done": Tune stops a trial whose result says done
+            self.saw_done.add(h)
+        self.progress.update(h, step)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        h = self._hash(trial)
+        if h in self.saw_done:
+            self._close(h, "FINISHED")
+        else:
+            self._close(h, "FAILED", "trial ended without its final report")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        h = self._hash(trial)
+        reason = _failure_reason(trial)
+        self._close(h, "FAILED", reason)
+
+    def _close(self, h: str, status: str, reason: str | None = None) -> None:
+        tr = self.runs[h]
+        if tr.status != "RUNNING":
+            return
+        if reason:
+            self.tracker.set_tags(tr.run_id, {f"{TAG}failure_reason": reason[:5000]})
+        self.tracker.finish(tr.run_id, status)
+        tr.status = status
+        self.final_state[h] = {"FINISHED": "done", "FAILED": "failed"}.get(status, "resume")
+        if status in ("FINISHED", "FAILED"):
+            self.progress.end(h, status == "FINISHED")
+
+    def close_all(self, status: str) -> None:
+        """Close every run still open (interrupt: KILLED, resumable; otherwise FAILED)."""
+        for h, tr in self.runs.items():
+            if tr.status == "RUNNING":
+                self._close(h, status, None if status == "KILLED" else "trial did not complete")
+
+
+def _failure_reason(trial) -> str:
+    """The recipe's own reason (failure.txt in the trial's run dir) or the last line of Tune's error trace."""
+    run_dir = Path(trial.config["cfg"]["paths"]["run_dir"])
+    f = run_dir / "failure.txt"
+    if f.exists():
+        return f.read_text().strip()
+    try:
+        err = trial.get_error()
+    except Exception:  # noqa: BLE001 - best effort: the trial already failed
+        err = None
+    lines = [ln for ln in str(err or "").strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "trial raised an error"

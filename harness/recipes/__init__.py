@@ -1,0 +1,57 @@
+"""Recipes: one plain training function per task family (CONVENTIONS 9).
+
+A recipe is registered here by name with its TrainConfig dataclass (the study's ``train:`` section is validated
+against it), the import path of its trial function (imported lazily inside Ray workers), and how a dataset's shape
+turns into zoo overrides (channels, input size, classes) unless the study sets them itself.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from harness.errors import UserError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    train_config: type
+    trial_fn: str  # "module:function", called as fn(trial: dict, ctx: TrialContext)
+    model_overrides: Callable[[dict, str, dict], dict]
+    description: str = ""
+
+    def load_trial_fn(self) -> Callable[..., Any]:
+        module, _, fn = self.trial_fn.partition(":")
+        return getattr(importlib.import_module(module), fn)
+
+
+_RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(recipe: Recipe) -> Recipe:
+    _RECIPES[recipe.name] = recipe
+    return recipe
+
+
+def get_recipe(name: str, where: str = "study") -> Recipe:
+    _load_builtin()
+    if name not in _RECIPES:
+        close = difflib.get_close_matches(name, list(_RECIPES), n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}?" if close else f"recipes: {', '.join(sorted(_RECIPES))}"
+        raise UserError(f"{where}: unknown recipe {name!r} ({hint})")
+    return _RECIPES[name]
+
+
+def recipe_names() -> list[str]:
+    _load_builtin()
+    return sorted(_RECIPES)
+
+
+def _load_builtin() -> None:
+    # Each recipe's config module registers itself; imported here, not at package import, to keep `harness --help`
+    # free of torch imports.
+    from harness.recipes import edm_config  # noqa: F401

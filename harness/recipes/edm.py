@@ -1,0 +1,204 @@
+"""The EDM diffusion recipe: one plain training function (CONVENTIONS 9; EDM2 ``training_loop.py``).
+
+Per step: a batch from the in-memory dataset, Karras augmentation (9-d conditioning), class dropout to the null
+class, stratified cosine-interpolated sigmas, the soft-min-SNR Karras loss, AdamW with the model's own param
+groups, gradient clipping, and the inverse-power EMA. Every ``eval.every`` steps (and at the last step): samples
+from the EMA model (DPM-Solver++(2M), 50 steps, Karras schedule), FID/KID or the classifier-feature distances,
+a held-out denoising loss, a sample grid, and a checkpoint. Runs under Accelerate (DDP when Ray Train starts
+several workers; mixed precision and gradient accumulation from the study).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.trial import TrialContext, TrialFailed
+
+
+class _LossModule(nn.Module):
+    """Wraps the model so the whole loss runs inside ``forward``: DDP only synchronises gradients of work done
+    through its wrapped module's forward, and the Karras loss calls ``model.inner``, not ``model.forward``."""
+
+    def __init__(self, model: nn.Module, weighting: str) -> None:
+        super().__init__()
+        self.model = model
+        self.weighting = weighting
+
+    def forward(self, x0, sigma, class_labels, aug_cond):
+        from harness.diffusion.edm import karras_loss
+
+        return karras_loss(self.model, x0, sigma, class_labels=class_labels, aug_cond=aug_cond,
+                           weighting=self.weighting)
+
+
+def _load_data(trial: dict[str, Any], ctx: TrialContext, split: str):
+    from harness.data import load_study_data
+
+    return load_study_data(trial["dataset"], {**trial["data"], "root": str(ctx.data_root)}, split)
+
+
+def _heldout(trial: dict[str, Any], ctx: TrialContext, train):
+    """The test split for the held-out denoising loss; the training data when a dataset has no test split."""
+    from harness.data import DataError
+
+    try:
+        return _load_data(trial, ctx, "test")
+    except DataError:
+        return train
+
+
+def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "gen": gen.get_state()}
+
+
+def train_edm(trial: dict[str, Any], ctx: TrialContext) -> None:
+    """Train one block-sharing (or any EDM-preconditioned) model; see the module docstring."""
+    import zoo
+    from harness.data import TensorBatches
+    from harness.diffusion.augment import KarrasAugment
+    from harness.diffusion.edm import dropout_classes, ema_decay, ema_update, sample_sigmas_train
+    from harness.recipes.edm_config import EDMTrain
+
+    cfg = EDMTrain(**{k: tuple(v) if isinstance(v, list) else v for k, v in trial["train"].items()})
+    acc = ctx.accelerator(cfg.mixed_precision, cfg.grad_accum)
+    seed = int(trial["seed"])
+    torch.manual_seed(seed * 1000 + ctx.rank)
+    gen = torch.Generator().manual_seed(seed * 1000 + ctx.rank)  # batches, sigmas, augmentation, dropout
+
+    train = _load_data(trial, ctx, "train")
+    model_cfg = zoo.get_family(trial["family"]).config_cls(**{
+        k: tuple(v) if isinstance(v, list) else v for k, v in trial["model"].items()})
+    model = zoo.build_from_config(trial["family"], model_cfg)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    per_worker = max(1, cfg.batch_size // ctx.world_size)  # the global batch is split across workers
+    batches = TensorBatches(train, per_worker, gen, device=acc.device)
+    augment = KarrasAugment(cfg.augment_prob) if cfg.augment_prob > 0 else None
+
+    step = 0
+    state = ctx.load_checkpoint()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        batches.load_state_dict(state["batches"])
+        torch.set_rng_state(state["rng"]["torch"])
+        gen.set_state(state["rng"]["gen"])
+        step = int(state["step"])
+    loss_module, opt = acc.prepare(_LossModule(model, cfg.loss_weighting), opt)
+    num_classes = model_cfg.num_classes
+    ev = trial["eval"]
+
+    loss_sum = torch.zeros((), device=acc.device)  # accumulated on device: no per-step host synchronisation
+    seen, t_log = 0, time.perf_counter()
+    while step < cfg.steps:
+        loss_module.train()
+        x0, y = next(batches)
+        aug_cond = None
+        if augment is not None:
+            x0, aug_cond = augment(x0, gen)
+        y = dropout_classes(y, num_classes, cfg.class_dropout, gen) if num_classes else None
+        sigma = sample_sigmas_train(x0.shape[0], model.sigma_data, gen, device=acc.device)
+        with acc.accumulate(loss_module):
+            loss = loss_module(x0, sigma, y, aug_cond).mean()
+            acc.backward(loss)
+            if acc.sync_gradients and cfg.grad_clip > 0:
+                acc.clip_grad_norm_(loss_module.parameters(), cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        ema_update(ema, model, ema_decay(step, cfg.ema_power, cfg.ema_max))
+        loss_sum += loss.detach()
+        seen += x0.shape[0] * ctx.world_size
+        step += 1
+
+        last = step == cfg.steps
+        is_eval = step % ev["every"] == 0 or last
+        if step % cfg.log_every == 0 or is_eval:
+            n_steps = cfg.log_every if step % cfg.log_every == 0 else (step % cfg.log_every or cfg.log_every)
+            mean_loss = float(loss_sum) / max(1, n_steps)
+            if not math.isfinite(mean_loss):
+                raise TrialFailed(f"training loss became {mean_loss} by step {step}")
+            elapsed = time.perf_counter() - t_log
+            metrics = {"loss": mean_loss, "images_per_s": seen / max(elapsed, 1e-9), "epoch": batches.epoch}
+            loss_sum.zero_()
+            seen = 0
+            artifacts: list[str] = []
+            tags: dict[str, str] = {}
+            if is_eval:
+                acc.wait_for_everyone()
+                if ctx.is_main:
+                    m, artifacts, tags = evaluate(ema, trial, ctx, train, step)
+                    metrics.update(m)
+                    ctx.save_checkpoint({
+                        "model": acc.unwrap_model(loss_module).model.state_dict(), "ema": ema.state_dict(),
+                        "opt": opt.state_dict(), "batches": batches.state_dict(), "rng": _rng_state(gen),
+                        "step": step, "config": trial,
+                    }, step)
+                acc.wait_for_everyone()
+            ctx.report(step, metrics, artifacts, tags=tags, done=last)
+            t_log = time.perf_counter()
+
+
+def evaluate(ema: nn.Module, trial: dict[str, Any], ctx: TrialContext, train, step: int):
+    """Samples from the EMA model, image distances against unaugmented training images, held-out denoising loss,
+    and a sample grid. Returns (metrics, artifact paths, tags)."""
+    from torchvision.utils import save_image
+
+    from harness.data import to_uint8
+    from harness.diffusion.edm import denoising_loss_at, generate
+
+    ev = trial["eval"]
+    cfg = ema.config
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
+    t0 = time.perf_counter()
+    g = torch.Generator().manual_seed(int(trial["seed"]) + 12345)  # the same noise at every evaluation
+    n = int(ev["n_samples"])
+    samples, _labels, nfe = generate(
+        ema, n, (cfg.in_channels, cfg.input_size, cfg.input_size), cfg.num_classes, steps=ev["sampler_steps"],
+        sampler=ev["sampler"], generator=g, batch_size=ev["batch_size"])
+    metrics["sample_seconds"] = time.perf_counter() - t0
+    metrics["nfe"] = nfe
+    grid_dir = ctx.run_dir / "samples"
+    grid_dir.mkdir(parents=True, exist_ok=True)
+    grid_path = grid_dir / f"step_{step:09d}.png"
+    k = min(ev["grid"], n)
+    save_image((samples[:k] + 1) / 2, grid_path, nrow=int(math.ceil(math.sqrt(k))))
+    wanted = set(ev["metrics"])
+    if wanted & {"fid", "kid"}:
+        from harness.metrics import image_distance, train_classifier_extractor
+
+        # Reference: a fixed random subset of unaugmented training images, as many as samples (spec, Evaluation).
+        idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n]
+        ref = train.x[idx]
+        classifier = None
+        if ev["extractor"] == "classifier":
+            classifier = train_classifier_extractor(train.x, train.y, train.num_classes, ctx.cache_dir,
+                                                    train.content_hash()[:16])
+        t1 = time.perf_counter()
+        out = image_distance(
+            to_uint8(samples), ref, f"{train.content_hash()[:16]}-{n}", cache_dir=ctx.cache_dir,
+            extractor=ev["extractor"], weights_path=ev.get("inception_weights"), classifier=classifier,
+            kid="kid" in wanted, seed=0)
+        metrics["metric_seconds"] = time.perf_counter() - t1
+        for key, value in out.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                metrics[key] = float(value)
+            else:
+                tags[f"harness.eval.{key}"] = str(value)
+    if "denoise_loss" in wanted:
+        held = _heldout(trial, ctx, train)
+        x_held = held.x[: min(len(held), 512)]
+        from harness.data import to_unit
+
+        labels = held.y[: len(x_held)] if cfg.num_classes else None
+        for sigma, value in denoising_loss_at(ema, to_unit(x_held), class_labels=labels).items():
+            metrics[f"denoise_loss_sigma_{sigma:g}"] = value
+    metrics["eval_seconds"] = time.perf_counter() - t0
+    return metrics, [str(grid_path)], tags

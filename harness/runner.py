@@ -1,0 +1,279 @@
+"""`harness study`: spec -> pre-flight -> dedup against MLflow -> Ray Tune -> MLflow (one writer) -> tables.
+
+Rerunning the same command resumes: trials whose config hash FINISHED are skipped, interrupted ones continue from
+their last checkpoint in the same MLflow run (metric steps already logged are not logged twice).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.console import format_table
+from harness.errors import UserError
+from harness.spec import LoadedStudy, Trial, expand_trials, load_study
+from harness.tracking import KIND_TRIAL, TAG, Tracker, TrialRun, default_tracking_uri, git_sha, package_versions
+
+Echo = Callable[[str], None]
+TRAIN_DRIVER_CPU = 0.01  # a Tune trial that only drives a TorchTrainer; its workers hold the real resources
+
+
+@dataclass
+class Plan:
+    loaded: LoadedStudy
+    trials: list[Trial]
+    state: dict[str, str]  # config hash -> done | failed | resume | new
+    runs: dict[str, Any] = field(default_factory=dict)  # config hash -> newest MLflow run
+
+
+def results_dir_for(loaded: LoadedStudy, results_dir: str | Path | None) -> Path:
+    path = Path(results_dir) if results_dir else loaded.project_dir / "results"
+    path = path.expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError:
+        raise UserError(f"results directory {path} is not writable; pass --results-dir with a writable path") from None
+    return path
+
+
+def plan_study(loaded: LoadedStudy, tracker: Tracker | None, retry_failed: bool = False) -> Plan:
+    trials = expand_trials(loaded)
+    existing = tracker.trial_runs(loaded.study.name) if tracker else {}
+    state, runs = {}, {}
+    for t in trials:
+        found = existing.get(t.config_hash, [])
+        finished = [r for r in found if r.info.status == "FINISHED"]
+        if finished:
+            state[t.config_hash], runs[t.config_hash] = "done", finished[0]
+        elif found and found[0].info.status == "FAILED" and not retry_failed:
+            state[t.config_hash], runs[t.config_hash] = "failed", found[0]
+        elif found:
+            state[t.config_hash], runs[t.config_hash] = "resume", found[0]
+        else:
+            state[t.config_hash] = "new"
+    return Plan(loaded, trials, state, runs)
+
+
+def trial_table(plan: Plan) -> str:
+    rows = []
+    for t in plan.trials:
+        rows.append({
+            "variant": t.variant, "dataset": t.dataset,
+            **{k.split(".")[-1]: v for k, v in t.axes.items()},
+            "seed": t.seed, "params": t.params, "gflops": round(t.gflops, 3), "steps": t.train.get("steps"),
+            "hash": t.config_hash, "done": {"done": "yes", "failed": "FAILED", "resume": "partial"}.get(
+                plan.state[t.config_hash], "no"),
+        })
+    cols = ["variant", "dataset", *[k.split(".")[-1] for k in plan.loaded.study.axes], "seed", "params", "gflops",
+            "steps", "hash", "done"]
+    return format_table(rows, cols)
+
+
+def _check_data(loaded: LoadedStudy) -> None:
+    """Load each dataset's training split once so missing data fails before any run is created."""
+    from harness.data import load_study_data
+
+    data = {**dataclasses.asdict(loaded.study.data), "root": str(loaded.data_root())}
+    for name in loaded.study.datasets:
+        load_study_data(name, data, "train", download=loaded.study.data.download)
+
+
+def run_study(
+    path: str | Path,
+    profile: str | None = None,
+    sets: dict[str, Any] | None = None,
+    dry_run: bool = False,
+    address: str | None = None,
+    tracking_uri: str | None = None,
+    results_dir: str | Path | None = None,
+    retry_failed: bool = False,
+    echo: Echo = print,
+) -> Plan:
+    """Run (or resume) a study; returns the plan with each trial's final state."""
+    loaded = load_study(path, profile, sets)
+    s = loaded.study
+    trials = expand_trials(loaded)  # budgets and variants checked before anything touches MLflow or Ray
+    rdir = results_dir_for(loaded, results_dir)
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(rdir)
+    if dry_run:
+        tracker = Tracker(uri, s.name, rdir / "mlartifacts") if _store_exists(uri) else None
+        plan = plan_study(loaded, tracker)
+        echo(f"study {s.name} [profile {loaded.profile}]: {len(trials)} trials")
+        echo(trial_table(plan))
+        return plan
+    _check_data(loaded)
+    tracker = Tracker(uri, s.name, rdir / "mlartifacts")
+    plan = plan_study(loaded, tracker, retry_failed)
+    todo = [t for t in plan.trials if plan.state[t.config_hash] in ("new", "resume")]
+    done = sum(v == "done" for v in plan.state.values())
+    echo(f"study {s.name} [profile {loaded.profile}]: {len(plan.trials)} trials, {done} done, "
+         f"{len(todo)} to run, {sum(v == 'failed' for v in plan.state.values())} failed")
+    if todo:
+        _run_trials(plan, todo, tracker, rdir, address, echo)
+    from harness.tables import write_study_tables
+
+    for written in write_study_tables(loaded, plan.trials, tracker, rdir):
+        echo(f"wrote {written}")
+    return plan
+
+
+def _store_exists(uri: str) -> bool:
+    return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).exists()
+
+
+def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, address: str | None, echo: Echo) -> None:
+    from ray import tune
+
+    from harness.progress import Progress, StudyCallback
+    from harness.trial import tune_trial
+
+    loaded, s = plan.loaded, plan.loaded.study
+    versions = package_versions()
+    common_tags = {
+        f"{TAG}study": s.name, f"{TAG}profile": loaded.profile, f"{TAG}git_sha": git_sha(loaded.project_dir),
+        f"{TAG}versions": " ".join(f"{k}={v}" for k, v in versions.items()),
+        f"{TAG}device": _device(s.resources.gpus_per_worker),
+    }
+    parent = tracker.start_parent(s.name, loaded.profile, common_tags, yaml.safe_dump(loaded.raw, sort_keys=False))
+    runs: dict[str, TrialRun] = {}
+    configs = []
+    for t in todo:
+        h = t.config_hash
+        if plan.state[h] == "resume":
+            rid = plan.runs[h].info.run_id
+            tracker.reopen(rid, parent)
+            runs[h] = TrialRun(rid, "RUNNING", tracker.last_steps(rid))
+        else:
+            tags = {**common_tags, f"{TAG}kind": KIND_TRIAL, f"{TAG}config_hash": h, f"{TAG}variant": t.variant,
+                    f"{TAG}dataset": t.dataset, f"{TAG}seed": str(t.seed), f"{TAG}params": str(t.params),
+                    f"{TAG}diagnostic": str(t.diagnostic).lower(),
+                    **{f"{TAG}axis.{k}": str(v) for k, v in t.axes.items()}}
+            rid = tracker.create_trial_run(parent, t.run_name, tags, {**t.resolved(), "axes": t.axes})
+            runs[h] = TrialRun(rid, "RUNNING")
+        configs.append(_trial_config(t, loaded, rdir))
+
+    res = s.resources
+    use_train = res.workers > 1 or res.ray_train == "always"
+    if use_train:
+        # The Tune trial is only a driver for the TorchTrainer, whose workers hold the resources.
+        trial_resources: Any = {"cpu": TRAIN_DRIVER_CPU}
+    else:
+        trial_resources = {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker}
+    progress = Progress(todo, plan.state, echo)
+    callback = StudyCallback(tracker, runs, progress)
+    stopped = {"signal": None}
+
+    def on_signal(signum, _frame):  # SIGTERM behaves like Ctrl-C: runs are closed as KILLED, resumable
+        stopped["signal"] = signum
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        _ray_init(address)
+        tuner = tune.Tuner(
+            tune.with_resources(tune_trial, trial_resources),
+            param_space={"cfg": tune.grid_search(configs)},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=_max_concurrent(res, use_train),
+                # A reused trial actor keeps the previous TorchTrainer's controller (and its placement group) alive,
+                # which starves the next trial of CPUs: every trial gets a fresh actor.
+                reuse_actors=False,
+                trial_name_creator=_trial_name,
+                trial_dirname_creator=lambda tr: tr.config["cfg"]["trial_hash"],
+            ),
+            run_config=tune.RunConfig(
+                name=f"{s.name}-{loaded.profile}-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=str(rdir / "ray"),
+                callbacks=[callback],
+                failure_config=tune.FailureConfig(max_failures=0 if use_train else res.max_failures),
+                verbose=0,
+            ),
+        )
+        tuner.fit()
+    except KeyboardInterrupt:
+        callback.close_all("KILLED")
+        tracker.finish(parent, "KILLED")
+        echo("interrupted: rerun the same command to resume")
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    callback.close_all("FAILED")  # anything Tune did not report as complete
+    tracker.finish(parent, "FAILED" if progress.failed else "FINISHED")
+    for h, st in callback.final_state.items():
+        plan.state[h] = st
+    progress.summary()
+
+
+def _trial_config(t: Trial, loaded: LoadedStudy, rdir: Path) -> dict[str, Any]:
+    run_dir = rdir / "runs" / loaded.study.name / t.config_hash
+    return {
+        "trial": {**t.resolved(), "axes": t.axes, "study": t.study, "config_hash": t.config_hash},
+        "trial_hash": t.config_hash,
+        "resources": dataclasses.asdict(loaded.study.resources),
+        "paths": {  # absolute: Tune changes each trial's working directory (DESIGN pitfall 3)
+            "run_dir": str(run_dir), "cache_dir": str(rdir / "cache"), "data_root": str(loaded.data_root()),
+            "ray_storage": str(rdir / "ray"),
+        },
+    }
+
+
+def _device(gpus: float) -> str:
+    import torch
+
+    return f"cuda ({torch.cuda.get_device_name(0)})" if gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+def _max_concurrent(res, use_train: bool) -> int:
+    if res.max_concurrent_trials:
+        return res.max_concurrent_trials
+    cpus = os.cpu_count() or 1
+    per_trial = res.cpus_per_worker * res.workers + (TRAIN_DRIVER_CPU if use_train else 0.0)
+    return max(1, int(cpus // max(per_trial, 1e-9)))
+
+
+def _ray_init(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    except ConnectionError as e:
+        raise UserError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+
+
+def write_tables(path, profile=None, sets=None, tracking_uri=None, results_dir=None, echo: Echo = print) -> list[Path]:
+    """`harness table`: regenerate tables and plots from MLflow without training."""
+    from harness.tables import write_study_tables
+
+    loaded = load_study(path, profile, sets)
+    trials = expand_trials(loaded)
+    rdir = results_dir_for(loaded, results_dir)
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(rdir)
+    if not _store_exists(uri):
+        raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}; run `harness study {path}` first")
+    written = write_study_tables(loaded, trials, Tracker(uri, loaded.study.name, rdir / "mlartifacts"), rdir)
+    for w in written:
+        echo(f"wrote {w}")
+    return written
+
+
+def _trial_name(tr) -> str:
+    cfg = tr.config["cfg"]
+    return f"{cfg['trial']['variant']}-{cfg['trial_hash']}"

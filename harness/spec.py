@@ -1,0 +1,344 @@
+"""Study files: YAML -> validated dataclasses -> concrete trials, each with a stable config hash.
+
+A study YAML is data (CONVENTIONS 6): it names zoo entries and lists axes, no code. Precedence is fixed
+(CONVENTIONS 7): dataclass defaults < study YAML < scale profile < ``--set`` on the command line.
+
+Every user-caused problem raises :class:`SpecError` whose message is one sentence naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import itertools
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import UserError
+from zoo.registry import type_name, type_ok
+
+
+class SpecError(UserError):
+    """A problem in a study file or its overrides."""
+
+
+# ------------------------------------------------------------------------------------------------ schema sections
+@dataclass(frozen=True)
+class Resources:
+    """Per-trial resources. One worker runs the recipe in the Tune trial process; several run as a Ray Train
+    TorchTrainer (``ray_train: always`` forces that path for one worker too)."""
+
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_concurrent_trials: int | None = None  # default: as many as the cluster's CPUs allow
+    ray_train: str = "auto"  # auto | always
+    max_failures: int = 0  # Tune restarts of a failed trial (from its last checkpoint)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Constraints checked before anything trains; ``diagnostic`` variants may exceed them and are flagged."""
+
+    max_params: int | None = None
+    max_steps: int | None = None
+    diagnostic: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    root: str = "data"  # relative to the study file's parent's parent (the project), or absolute
+    download: bool = False
+    limit: int | None = None  # first n training images
+    size: int | None = None
+    channels: int | None = None
+    pad: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # the dataset's own options (synthetic: n, size; npz: path)
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    every: int = 10_000  # steps between evaluations (and checkpoints); the last step is always evaluated
+    n_samples: int = 2000  # generated samples per evaluation; the reference uses as many training images
+    metrics: tuple[str, ...] = ("fid", "kid", "denoise_loss")
+    extractor: str = "inception"  # inception | classifier
+    inception_weights: str | None = None  # a local torch-fidelity weights file (offline clusters)
+    sampler: str = "dpmpp_2m"  # dpmpp_2m | heun | euler
+    sampler_steps: int = 50
+    batch_size: int = 250
+    grid: int = 64  # images in the sample grid logged at each evaluation
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    kind: str = "best_checkpoint"  # which table builder (harness.tables)
+    paper_csv: str | None = None  # file under harness/paper_tables/ with the paper's numbers
+    metric: str = "fid"  # the metric that picks the best checkpoint (lower is better)
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    recipe: str
+    datasets: tuple[str, ...]
+    variants: tuple[str, ...]
+    paper: str = ""
+    description: str = ""
+    model: dict[str, Any] = field(default_factory=dict)  # zoo overrides applied to every variant
+    axes: dict[str, list] = field(default_factory=dict)  # "section.key" -> values, swept as a grid
+    seeds: tuple[int, ...] = (0,)
+    train: dict[str, Any] = field(default_factory=dict)  # validated by the recipe's TrainConfig
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    resources: Resources = field(default_factory=Resources)
+    budget: Budget = field(default_factory=Budget)
+    data: DataSpec = field(default_factory=DataSpec)
+    table: TableSpec = field(default_factory=TableSpec)
+    profiles: dict[str, dict] = field(default_factory=dict)
+    default_profile: str | None = None
+
+
+# --------------------------------------------------------------------------------------------- generic validation
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
+
+
+def from_dict(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types with ``where`` in the message."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise SpecError(f"{where}: unknown key {key!r} ({_suggest(str(key), sorted(fields))})")
+        ann = hints[key]
+        if dataclasses.is_dataclass(ann):
+            kwargs[key] = from_dict(ann, value, f"{where}.{key}")
+            continue
+        if isinstance(value, list) and typing.get_origin(ann) is tuple:
+            value = tuple(value)
+        if ann is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not type_ok(value, ann):
+            raise SpecError(f"{where}.{key}: {value!r} has type {type(value).__name__}, expected {type_name(ann)}")
+        kwargs[key] = value
+    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise SpecError(f"{where}: missing required key {missing[0]!r}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"{where}: {e}") from None
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """Recursive dict update (profiles and --set); lists and scalars are replaced, not merged."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def dotted_to_nested(sets: dict[str, Any]) -> dict:
+    """{"train.lr": 1e-4} -> {"train": {"lr": 1e-4}}."""
+    out: dict = {}
+    for key, value in sets.items():
+        parts = key.split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise SpecError(f"--set {key}: {p!r} is set both as a value and as a section")
+        node[parts[-1]] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ loading a study
+@dataclass(frozen=True)
+class LoadedStudy:
+    """A study with its profile and CLI overrides applied, and where it came from."""
+
+    study: Study
+    path: Path
+    profile: str
+    raw: dict  # the merged mapping that was validated (written out as the resolved YAML)
+
+    @property
+    def project_dir(self) -> Path:
+        return self.path.resolve().parent.parent
+
+    def data_root(self) -> Path:
+        root = Path(self.study.data.root).expanduser()
+        return root if root.is_absolute() else (self.project_dir / root).resolve()
+
+
+def read_yaml(path: Path) -> dict:
+    """Safe-load a study file; syntax errors become one sentence with the line number."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"study file {path} does not exist") from None
+    except OSError as e:
+        raise SpecError(f"cannot read study file {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise SpecError(f"{path}: YAML syntax error{at}: {problem}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a study file must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any] | None = None) -> LoadedStudy:
+    """Read, merge (YAML < profile < --set) and validate a study file, including its recipe's train section."""
+    from harness.recipes import get_recipe
+
+    path = Path(path)
+    raw = read_yaml(path)
+    profiles = raw.get("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise SpecError(f"{path}: 'profiles' must be a mapping of profile name to overrides")
+    profile = profile or raw.get("default_profile") or "default"
+    if profile != "default" and profile not in profiles:
+        raise SpecError(f"{path}: unknown profile {profile!r} (profiles: {', '.join(profiles) or 'none'})")
+    merged = deep_merge(raw, profiles.get(profile) or {})
+    if sets:
+        merged = deep_merge(merged, dotted_to_nested(sets))
+    where = str(path)
+    study = from_dict(Study, merged, where)
+    recipe = get_recipe(study.recipe, where)
+    from_dict(recipe.train_config, study.train, f"{where}: train")  # validate now; trials rebuild it
+    for key, values in study.axes.items():
+        if not isinstance(values, list) or not values:
+            raise SpecError(f"{where}: axes.{key} must be a non-empty list of values")
+        section = key.split(".", 1)[0]
+        if section not in {"model", "train", "eval", "data"} or "." not in key:
+            raise SpecError(f"{where}: axes key {key!r} must be 'model.<key>', 'train.<key>', 'eval.<key>' or "
+                            "'data.<key>'")
+    if not study.variants:
+        raise SpecError(f"{where}: 'variants' must list at least one zoo name")
+    if not study.datasets:
+        raise SpecError(f"{where}: 'datasets' must list at least one dataset")
+    return LoadedStudy(study, path, profile, merged)
+
+
+# ---------------------------------------------------------------------------------------------------------- trials
+@dataclass(frozen=True)
+class Trial:
+    """One concrete run: everything that determines its result, and its stable hash."""
+
+    study: str
+    recipe: str
+    variant: str
+    dataset: str
+    seed: int
+    axes: dict[str, Any]
+    model: dict[str, Any]  # the full resolved zoo config
+    train: dict[str, Any]  # the full resolved recipe TrainConfig
+    eval: dict[str, Any]
+    data: dict[str, Any]
+    family: str
+    params: int
+    gflops: float
+    diagnostic: bool = False  # over budget but allowed, flagged in tables
+
+    def resolved(self) -> dict[str, Any]:
+        """What the hash covers: the result-determining config (not resources, paths or the profile name)."""
+        data = {k: v for k, v in self.data.items() if k not in ("root", "download")}
+        return {
+            "recipe": self.recipe, "variant": self.variant, "family": self.family, "dataset": self.dataset,
+            "seed": self.seed, "model": self.model, "train": self.train, "eval": self.eval, "data": data,
+        }
+
+    @property
+    def config_hash(self) -> str:
+        blob = json.dumps(self.resolved(), sort_keys=True, default=list).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
+    def run_name(self) -> str:
+        """Readable MLflow run name: variant + dataset + axes + seed."""
+        axes = " ".join(f"{k.split('.')[-1]}={v}" for k, v in self.axes.items())
+        return " ".join(x for x in (self.variant, self.dataset, axes, f"seed={self.seed}") if x)
+
+
+def _set_dotted(sections: dict[str, dict], key: str, value: Any) -> None:
+    section, _, rest = key.partition(".")
+    sections[section][rest] = value
+
+
+def expand_trials(loaded: LoadedStudy) -> list[Trial]:
+    """The grid datasets x variants x axes x seeds, each resolved, budget-checked and hashed.
+
+    Models are built on the meta device to count parameters, so nothing is allocated or trained here.
+    """
+    import zoo
+    from harness.recipes import get_recipe
+
+    s = loaded.study
+    where = str(loaded.path)
+    recipe = get_recipe(s.recipe, where)
+    axis_keys = list(s.axes)
+    trials: list[Trial] = []
+    for dataset, variant, combo, seed in itertools.product(
+        s.datasets, s.variants, itertools.product(*(s.axes[k] for k in axis_keys)), s.seeds
+    ):
+        sections = {
+            "model": dict(s.model),
+            "train": dict(s.train),
+            "eval": dataclasses.asdict(s.eval),
+            "data": dataclasses.asdict(s.data),
+        }
+        axes = dict(zip(axis_keys, combo))
+        for k, v in axes.items():
+            _set_dotted(sections, k, v)
+        sections["data"]["root"] = str(loaded.data_root())
+        try:
+            cfg = zoo.config(variant, **recipe.model_overrides(sections["model"], dataset, sections["data"]))
+        except zoo.ZooError as e:
+            raise SpecError(f"{where}: variant {variant!r}: {e}") from None
+        train = dataclasses.asdict(from_dict(recipe.train_config, sections["train"], f"{where}: train"))
+        ev = dataclasses.asdict(from_dict(EvalSpec, sections["eval"], f"{where}: eval"))
+        data = dataclasses.asdict(from_dict(DataSpec, sections["data"], f"{where}: data"))
+        family = zoo.entry(variant).family
+        params = _meta_params(family, cfg)
+        gflops = zoo.get_family(family).flops(cfg) / 1e9
+        diagnostic = variant in s.budget.diagnostic
+        steps = train.get("steps", 0)
+        if s.budget.max_params is not None and params > s.budget.max_params and not diagnostic:
+            raise SpecError(f"{where}: variant {variant!r} has {params:,} parameters, over the study's budget "
+                            f"max_params={s.budget.max_params:,} (list it under budget.diagnostic to run it anyway)")
+        if s.budget.max_steps is not None and steps > s.budget.max_steps and not diagnostic:
+            raise SpecError(f"{where}: train.steps={steps:,} is over the study's budget "
+                            f"max_steps={s.budget.max_steps:,}")
+        trials.append(Trial(
+            study=s.name, recipe=s.recipe, variant=variant, dataset=dataset, seed=seed, axes=axes,
+            model=dataclasses.asdict(cfg), train=train, eval=ev, data=data, family=family, params=params,
+            gflops=gflops, diagnostic=diagnostic,
+        ))
+    return trials
+
+
+def _meta_params(family: str, cfg: Any) -> int:
+    import torch
+
+    import zoo
+
+    with torch.device("meta"):
+        return zoo.param_count(zoo.build_from_config(family, cfg))

@@ -1,0 +1,179 @@
+"""`harness table`: MLflow -> pandas -> the paper's tables (Markdown, CSV, LaTeX) and figures (seaborn).
+
+Every table states the profile, the training steps, the sample count n and the feature extractor it was produced
+with (airbench-style provenance), and sits beside the paper's own numbers with the difference where they are the
+same quantity. Distances in a classifier's feature space are labelled as such and never compared with FID.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.spec import LoadedStudy, Trial
+from harness.tracking import Tracker
+
+# Dataset names as the paper's tables print them.
+PAPER_DATASET = {"cifar10": "CIFAR10", "artbench10": "Artbench10"}
+
+
+def paper_table(name: str) -> pd.DataFrame:
+    """A paper's table shipped with the package (harness/paper_tables/<name>)."""
+    with importlib.resources.files("harness").joinpath("paper_tables", name).open() as f:
+        return pd.read_csv(f)
+
+
+def metric_names(extractor: str) -> tuple[str, str, str]:
+    """(distance key, kernel-distance key, label) for an extractor: FID/KID only for Inception features."""
+    if extractor == "inception":
+        return "fid", "kid", "FID"
+    return "fd_classifier", "kd_classifier", "FD (classifier features, not FID)"
+
+
+def trial_histories(trials: list[Trial], tracker: Tracker, keys: list[str]) -> pd.DataFrame:
+    """Long table: one row per (trial, step) with the requested metric keys, for the trials' FINISHED runs."""
+    by_hash = tracker.trial_runs(trials[0].study) if trials else {}
+    rows: list[dict[str, Any]] = []
+    for t in trials:
+        runs = [r for r in by_hash.get(t.config_hash, []) if r.info.status == "FINISHED"]
+        if not runs:
+            continue
+        run = runs[0]
+        per_step: dict[int, dict[str, Any]] = {}
+        for key in keys:
+            for m in tracker.client.get_metric_history(run.info.run_id, key):
+                per_step.setdefault(m.step, {})[key] = m.value
+        for step, vals in sorted(per_step.items()):
+            rows.append({"hash": t.config_hash, "variant": t.variant, "dataset": t.dataset, "seed": t.seed,
+                         **{k.split(".")[-1]: v for k, v in t.axes.items()}, "step": step,
+                         "wall_s": (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None,
+                         "diagnostic": t.diagnostic, **vals})
+    return pd.DataFrame(rows)
+
+
+def best_checkpoint_table(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker) -> tuple[pd.DataFrame, str]:
+    """Table 1 of the block-sharing paper: Steps (x1e-6), FID and KID (x1e4) of the best checkpoint per variant and
+    dataset (the evaluation with the lowest distance), ours beside the paper's. Returns (numeric frame, caption)."""
+    s = loaded.study
+    dkey, kkey, label = metric_names(s.eval.extractor)
+    hist = trial_histories(trials, tracker, [dkey, kkey, "n_samples"])
+    paper = paper_table(s.table.paper_csv) if s.table.paper_csv else None
+    rows = []
+    for (dataset, variant), _ in pd.DataFrame([(t.dataset, t.variant) for t in trials]).groupby([0, 1], sort=False):
+        sub = hist[(hist.dataset == dataset) & (hist.variant == variant)] if not hist.empty else hist
+        best = []
+        if not sub.empty and dkey in sub:
+            for _h, g in sub.dropna(subset=[dkey]).groupby("hash"):
+                best.append(g.loc[g[dkey].idxmin()])
+        b = pd.DataFrame(best)
+        row: dict[str, Any] = {"dataset": PAPER_DATASET.get(dataset, dataset), "variant": variant,
+                               "seeds": len(b)}
+        if not b.empty:
+            row["steps_million"] = b.step.mean() / 1e6
+            row[dkey] = b[dkey].mean()
+            row[f"{dkey}_std"] = b[dkey].std(ddof=1) if len(b) > 1 else float("nan")
+            if kkey in b:
+                row[f"{kkey}_x1e4"] = b[kkey].mean() * 1e4
+                row[f"{kkey}_x1e4_std"] = b[kkey].std(ddof=1) * 1e4 if len(b) > 1 else float("nan")
+            row["n"] = int(b["n_samples"].iloc[0]) if "n_samples" in b else None
+        if paper is not None:
+            p = paper[(paper.dataset == row["dataset"]) & (paper.variant == variant)]
+            if not p.empty:
+                row["paper_steps_million"] = p.steps_million.iloc[0]
+                row["paper_fid"] = p.fid.iloc[0]
+                row["paper_kid_x1e4"] = p.kid_x1e4.iloc[0]
+                if dkey == "fid" and dkey in row:
+                    row["fid_diff"] = row["fid"] - row["paper_fid"]
+                    row["kid_x1e4_diff"] = row.get("kid_x1e4", float("nan")) - row["paper_kid_x1e4"]
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    steps = sorted({t.train.get("steps") for t in trials})
+    n = sorted({t.eval["n_samples"] for t in trials})
+    caption = (f"{s.name}, profile `{loaded.profile}`: best checkpoint (lowest {label}) per variant; "
+               f"trained {'/'.join(f'{x:,}' for x in steps)} steps, evaluated every {s.eval.every:,} steps with "
+               f"n = {'/'.join(str(x) for x in n)} samples against as many training images; "
+               f"features: {'Inception-v3 (torch-fidelity)' if s.eval.extractor == 'inception' else 'a small classifier trained on the dataset (a Frechet/kernel distance in its feature space, not FID/KID)'}; "  # noqa: E501
+               f"seeds {', '.join(map(str, s.seeds))}. Paper: {s.paper or 'n/a'} (n = 2000, Inception).")
+    return df, caption
+
+
+def _display(df: pd.DataFrame, dkey: str, kkey: str) -> pd.DataFrame:
+    """Human-readable columns: mean ± std strings, paper values and differences."""
+    out = pd.DataFrame({"Dataset": df.dataset, "Variant": df.variant})
+    dlabel = "FID" if dkey == "fid" else "FD (clf)"
+    klabel = "KID x1e4" if dkey == "fid" else "KD (clf) x1e4"
+    # Ours as raw steps (CPU-scale runs are far below a million); the paper's in its own unit, x1e-6.
+    out["Steps"] = df.get("steps_million", pd.Series([float("nan")] * len(df))).map(
+        lambda v: f"{v * 1e6:,.0f}" if pd.notna(v) else "–")
+    out[dlabel] = [(f"{m:.2f} ± {s:.2f}" if pd.notna(s) else f"{m:.2f}") if pd.notna(m) else "–"
+                   for m, s in zip(df.get(dkey, [float("nan")] * len(df)),
+                                   df.get(f"{dkey}_std", [float("nan")] * len(df)))]
+    kc = f"{kkey}_x1e4"
+    out[klabel] = [(f"{m:.2f} ± {s:.2f}" if pd.notna(s) else f"{m:.2f}") if pd.notna(m) else "–"
+                   for m, s in zip(df.get(kc, [float("nan")] * len(df)), df.get(f"{kc}_std", [float("nan")] * len(df)))]
+    out["n"] = df.get("n", pd.Series([None] * len(df))).map(lambda v: f"{int(v)}" if pd.notna(v) else "–")
+    for col, name, fmt in (("paper_steps_million", "Paper steps x1e-6", "{:.2f}"), ("paper_fid", "Paper FID", "{:.2f}"),
+                           ("paper_kid_x1e4", "Paper KID x1e4", "{:.2f}"), ("fid_diff", "FID diff", "{:+.2f}"),
+                           ("kid_x1e4_diff", "KID x1e4 diff", "{:+.2f}")):
+        if col in df:
+            out[name] = df[col].map(lambda v, f=fmt: f.format(v) if pd.notna(v) else "–")
+    return out
+
+
+def fid_over_steps_plot(hist: pd.DataFrame, dkey: str, label: str, caption: str, path: Path) -> Path | None:
+    """Figure 1: the distance over training steps per variant, one panel per dataset."""
+    if hist.empty or dkey not in hist:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    data = hist.dropna(subset=[dkey])
+    g = sns.relplot(data=data, x="step", y=dkey, hue="variant", col="dataset", kind="line", marker="o",
+                    errorbar="sd", facet_kws={"sharey": False}, height=3.6, aspect=1.2)
+    g.set_axis_labels("training step", label)
+    g.figure.text(0.01, -0.02, textwrap.fill(caption, 140), fontsize=6, ha="left", va="top")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    g.figure.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(g.figure)
+    return path
+
+
+def write_study_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, results_dir: Path) -> list[Path]:
+    """Write results/<study>/<profile>/: table1.{md,csv,tex} and fid_over_steps.png. Returns the paths written."""
+    s = loaded.study
+    if s.table.kind != "best_checkpoint":
+        raise ValueError(f"unknown table kind {s.table.kind!r}")
+    out_dir = results_dir / s.name / loaded.profile
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df, caption = best_checkpoint_table(loaded, trials, tracker)
+    dkey, kkey, label = metric_names(s.eval.extractor)
+    shown = _display(df, dkey, kkey)
+    written = []
+    md = out_dir / "table1.md"
+    md.write_text(f"# {s.name}: Table 1 ({loaded.profile} profile)\n\n{caption}\n\n"
+                  f"{_markdown(shown)}\n")
+    written.append(md)
+    csv = out_dir / "table1.csv"
+    df.to_csv(csv, index=False)
+    written.append(csv)
+    tex = out_dir / "table1.tex"
+    tex.write_text(shown.to_latex(index=False, caption=caption.replace("_", r"\_"), label=f"tab:{s.name}"))
+    written.append(tex)
+    hist = trial_histories(trials, tracker, [dkey])
+    fig = fid_over_steps_plot(hist, dkey, label, caption, out_dir / "fid_over_steps.png")
+    if fig:
+        written.append(fig)
+    return written
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    from harness.console import format_table
+
+    return format_table(df.to_dict("records"), list(df.columns), markdown=True)

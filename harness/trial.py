@@ -1,0 +1,174 @@
+"""What runs inside a Ray Tune trial: the two execution paths and the context a recipe sees.
+
+- One worker: the recipe runs directly in the Tune trial process, under Accelerate (about 30 s less fixed cost per
+  trial than a one-worker TorchTrainer on a 2-core machine; see DESIGN "Trial execution paths").
+- Several workers (or ``resources.ray_train: always``): the Tune trial is a driver that builds a Ray Train V2
+  ``TorchTrainer``; its workers run the same recipe under Accelerate (gloo on CPU, NCCL on GPU) and their rank-0
+  reports reach Tune through ``TuneReportCallback`` (Ray >= 2.51; ``Tuner(trainer)`` is deprecated).
+
+Both paths give the recipe a :class:`TrialContext`: report metrics, save and load checkpoints, an Accelerator.
+Checkpoints live in the trial's own directory keyed by its config hash, so rerunning the same study command
+continues an interrupted trial from its last checkpoint (CONVENTIONS 10).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+CHECKPOINTS_KEPT = 2
+
+
+class TrialFailed(RuntimeError):
+    """The recipe gave up on a trial (e.g. a non-finite loss); the message is the reason recorded in MLflow."""
+
+
+class TrialContext:
+    """The recipe's view of its trial: config, paths, rank, reporting and checkpoints."""
+
+    def __init__(
+        self,
+        trial: dict[str, Any],
+        paths: dict[str, str],
+        report_fn: Callable[[dict[str, Any]], None],
+        rank: int = 0,
+        world_size: int = 1,
+        cpus: float = 1.0,
+    ) -> None:
+        self.trial = trial
+        self.run_dir = Path(paths["run_dir"])
+        self.cache_dir = Path(paths["cache_dir"])
+        self.data_root = Path(paths["data_root"])
+        self.rank = rank
+        self.world_size = world_size
+        self.cpus = cpus
+        self._report_fn = report_fn
+        self._accelerator = None
+        self.started = time.time()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def set_threads(self) -> None:
+        """torch threads = the CPUs this worker owns, so trials side by side do not oversubscribe the cores."""
+        import torch
+
+        n = max(1, int(self.cpus))
+        torch.set_num_threads(n)
+        os.environ["OMP_NUM_THREADS"] = str(n)
+
+    def accelerator(self, mixed_precision: str = "no", grad_accum: int = 1):
+        """The trial's Accelerator (created once). Under Ray Train the process group already exists."""
+        if self._accelerator is None:
+            import torch
+            from accelerate import Accelerator
+
+            cpu = not torch.cuda.is_available()
+            self._accelerator = Accelerator(
+                cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum
+            )
+        return self._accelerator
+
+    # ------------------------------------------------------------------------------------------------- reporting
+    def report(self, step: int, metrics: dict[str, Any], artifacts: list[str] | None = None,
+               tags: dict[str, str] | None = None, done: bool = False):
+        """Send metrics (and artifact paths) for ``step`` to the driver. Every rank must call it the same number of
+        times: under Ray Train V2 ``report`` is a barrier, and only rank 0's metrics are used."""
+        payload = {"step": int(step), "metrics": dict(metrics), "artifacts": list(artifacts or []),
+                   "tags": dict(tags or {}), "final": done}
+        self._report_fn(payload)
+
+    # ----------------------------------------------------------------------------------------------- checkpoints
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def save_checkpoint(self, state: dict[str, Any], step: int) -> Path | None:
+        """Atomically write ``state`` (tensors, numbers, strings, containers) and keep the newest few."""
+        if not self.is_main:
+            return None
+        import torch
+
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = self.checkpoint_dir / f"step_{step:09d}.pt"
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # a kill mid-write leaves only a .tmp, never a truncated checkpoint
+        for old in sorted(self.checkpoint_dir.glob("step_*.pt"))[:-CHECKPOINTS_KEPT]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The newest checkpoint, loaded with ``weights_only=True``; None when the trial starts fresh."""
+        import torch
+
+        found = sorted(self.checkpoint_dir.glob("step_*.pt")) if self.checkpoint_dir.exists() else []
+        if not found:
+            return None
+        return torch.load(found[-1], map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------------------------------------- Ray entry points
+def _run_recipe(config: dict[str, Any], report_fn, rank: int, world_size: int) -> None:
+    from harness.recipes import get_recipe
+
+    trial = config["trial"]
+    ctx = TrialContext(trial, config["paths"], report_fn, rank, world_size, config["resources"]["cpus_per_worker"])
+    ctx.set_threads()
+    fn = get_recipe(trial["recipe"]).load_trial_fn()
+    failure = ctx.run_dir / "failure.txt"
+    if ctx.is_main:
+        ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        failure.unlink(missing_ok=True)
+    try:
+        fn(trial, ctx)
+    except Exception as e:
+        if ctx.is_main:  # the reason the driver records in MLflow and the table
+            failure.write_text(str(e) if isinstance(e, TrialFailed) else f"{type(e).__name__}: {e}")
+        raise
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker loop: the recipe with reports through ``ray.train.report``."""
+    import ray.train
+
+    tc = ray.train.get_context()
+    _run_recipe(config, lambda m: ray.train.report(m), tc.get_world_rank(), tc.get_world_size())
+
+
+def tune_trial(config: dict[str, Any]) -> None:
+    """The Tune trainable: the recipe directly (one worker) or through a TorchTrainer (several workers)."""
+    from ray import tune
+
+    config = config["cfg"]  # Tune's param space is {"cfg": grid_search([...])}
+    res = config["resources"]
+    if res["workers"] > 1 or res["ray_train"] == "always":
+        import ray.train
+        from ray.train.torch import TorchConfig, TorchTrainer
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        use_gpu = res["gpus_per_worker"] > 0
+        per_worker = {"CPU": res["cpus_per_worker"]}
+        if use_gpu:
+            per_worker["GPU"] = res["gpus_per_worker"]
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config=config,
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=res["workers"], use_gpu=use_gpu, resources_per_worker=per_worker
+            ),
+            run_config=ray.train.RunConfig(
+                name=f"train-{config['trial_hash']}",
+                storage_path=config["paths"]["ray_storage"],
+                callbacks=[TuneReportCallback()],
+                failure_config=ray.train.FailureConfig(max_failures=res["max_failures"]),
+            ),
+        )
+        trainer.fit()
+    else:
+        _run_recipe(config, tune.report, 0, 1)
