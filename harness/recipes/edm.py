@@ -91,6 +91,7 @@ def train_edm(trial: dict[str, Any], ctx: TrialContext) -> None:
         torch.set_rng_state(state["rng"]["torch"])
         gen.set_state(state["rng"]["gen"])
         step = int(state["step"])
+    resume_tags = {"harness.resumed_from_step": str(step)} if state is not None else {}
     loss_module, opt = acc.prepare(_LossModule(model, cfg.loss_weighting), opt)
     num_classes = model_cfg.num_classes
     ev = trial["eval"]
@@ -129,12 +130,13 @@ def train_edm(trial: dict[str, Any], ctx: TrialContext) -> None:
             loss_sum.zero_()
             seen = 0
             artifacts: list[str] = []
-            tags: dict[str, str] = {}
+            tags, resume_tags = resume_tags, {}  # the resume point is told once, with the first report
             if is_eval:
                 acc.wait_for_everyone()
                 if ctx.is_main:
-                    m, artifacts, tags = evaluate(ema, trial, ctx, train, step)
+                    m, artifacts, eval_tags = evaluate(ema, trial, ctx, train, step)
                     metrics.update(m)
+                    tags.update(eval_tags)
                     ctx.save_checkpoint({
                         "model": acc.unwrap_model(loss_module).model.state_dict(), "ema": ema.state_dict(),
                         "opt": opt.state_dict(), "batches": batches.state_dict(), "rng": _rng_state(gen),

@@ -1,0 +1,149 @@
+"""End to end through the real engines: `harness study` -> Ray Tune (+ Ray Train) -> Accelerate -> MLflow -> tables.
+
+Each test runs the CLI in a subprocess with its own results directory (and so its own SQLite MLflow store).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = REPO / "studies" / "block_sharing.yaml"
+SMOKE_VARIANTS = ["D16", "D1S16", "D1S8", "D2S4UI", "D2S4I", "D2S8UI", "D2S8I", "D8"]
+
+
+def harness(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+
+
+def client(results: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+
+
+def runs(results: Path, kind: str) -> list:
+    c = client(results)
+    exp = c.get_experiment_by_name("block_sharing")
+    return c.search_runs([exp.experiment_id], filter_string=f"tags.`harness.kind` = '{kind}'", max_results=1000)
+
+
+def test_smoke_study_end_to_end_through_ray_train_then_rerun_trains_nothing(tmp_path):
+    results = tmp_path / "results"
+    first = harness("study", str(STUDY), "--profile", "smoke", "--results-dir", str(results),
+                    "--set", "resources.ray_train=always")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "8 to run" in first.stdout and "finished 8 trial(s), failed 0" in first.stdout
+
+    parents, trials = runs(results, "study"), runs(results, "trial")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.data.tags["harness.variant"] for r in trials) == sorted(SMOKE_VARIANTS)
+    c = client(results)
+    for r in trials:
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        for tag in ("harness.config_hash", "harness.git_sha", "harness.versions", "harness.device", "harness.seed"):
+            assert r.data.tags.get(tag)
+        assert [m.step for m in c.get_metric_history(r.info.run_id, "loss")] == [2, 4]
+        assert [m.step for m in c.get_metric_history(r.info.run_id, "fd_classifier")] == [2, 4]
+        assert c.get_metric_history(r.info.run_id, "n_samples")[0].value == 16
+        assert "fid" not in r.data.metrics  # a classifier-feature distance is never recorded as FID
+        arts = {a.path for a in c.list_artifacts(r.info.run_id)}
+        assert {"config", "samples"} <= arts
+        assert {a.path for a in c.list_artifacts(r.info.run_id, "samples")} == {
+            "samples/step_000000002.png", "samples/step_000000004.png"}
+        assert r.data.params["model.width"] == "32" and r.data.params["variant"] == r.data.tags["harness.variant"]
+    # Trials ran as Ray Train TorchTrainers (not local mode): each has a Train run directory.
+    assert len(list((results / "ray").glob("train-*"))) == 8
+
+    table_dir = results / "block_sharing" / "smoke"
+    table = pd.read_csv(table_dir / "table1.csv")
+    assert sorted(table.variant) == sorted(SMOKE_VARIANTS)
+    assert table.fd_classifier.notna().all() and (table.steps_million * 1e6).isin([2, 4]).all()
+    md = (table_dir / "table1.md").read_text()
+    assert "profile `smoke`" in md and "n = 16" in md and "not FID" in md
+    assert (table_dir / "fid_over_steps.png").stat().st_size > 10_000
+    assert (table_dir / "table1.tex").read_text().startswith("\\begin{table}")
+
+    again = harness("study", str(STUDY), "--profile", "smoke", "--results-dir", str(results),
+                    "--set", "resources.ray_train=always")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "8 done, 0 to run" in again.stdout
+    assert len(runs(results, "trial")) == 8 and len(runs(results, "study")) == 1
+
+    dry = harness("study", str(STUDY), "--profile", "smoke", "--results-dir", str(results), "--dry-run")
+    assert dry.returncode == 0 and dry.stdout.count(" yes") == 8
+
+
+def test_killed_study_resumes_its_trial_from_the_checkpoint(tmp_path):
+    results = tmp_path / "results"
+    args = ["study", str(STUDY), "--profile", "smoke", "--results-dir", str(results), "--set", "variants=[D8]",
+            "--set", "train.steps=3000", "--set", "eval.every=250", "--set", "train.log_every=50"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = results / "runs" / "block_sharing"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(ckpts.glob("*/checkpoints/step_*.pt")):
+        assert proc.poll() is None, "the study ended before it could be interrupted"
+        time.sleep(0.5)
+    saved = sorted(ckpts.glob("*/checkpoints/step_*.pt"))
+    assert saved, "no checkpoint within 300 s"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, mid-trial
+    proc.wait()
+    time.sleep(2)
+    (before,) = runs(results, "trial")
+    assert before.info.status == "RUNNING"  # the killed driver could not close it
+    killed_at = int(sorted(ckpts.glob("*/checkpoints/step_*.pt"))[-1].stem.split("_")[1])
+    assert killed_at < 3000
+
+    rerun = harness(*args)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "1 to run" in rerun.stdout
+    (after,) = runs(results, "trial")  # the same MLflow run, continued
+    assert after.info.run_id == before.info.run_id and after.info.status == "FINISHED"
+    resumed = int(after.data.tags["harness.resumed_from_step"])
+    assert resumed >= killed_at and resumed % 250 == 0
+    steps = [m.step for m in client(results).get_metric_history(after.info.run_id, "loss")]
+    assert steps == sorted(set(steps)) and steps[-1] == 3000  # no step logged twice
+    assert steps == list(range(50, 3001, 50))
+    assert len(runs(results, "study")) == 2  # one parent per invocation
+
+
+BAD_STUDIES = {
+    "syntax": "name: x\nvariants: [D8\n",
+    "unknown_key": {"trian": {"steps": 2}},
+    "unknown_variant": {"variants": ["D8", "Q7"]},
+    "wrong_type": {"train": {"steps": "two"}},
+    "over_budget": {"budget": {"max_params": 1000}},
+    "missing_dataset": {"datasets": ["cifar10"], "data": {"root": "nowhere", "download": False}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_STUDIES))
+def test_bad_study_file_is_one_sentence_and_leaves_no_run(tmp_path, case):
+    base = yaml.safe_load(STUDY.read_text())
+    base = {**base, **base["profiles"]["smoke"]}
+    del base["profiles"], base["default_profile"]
+    spec = BAD_STUDIES[case]
+    (tmp_path / "studies").mkdir()
+    path = tmp_path / "studies" / f"{case}.yaml"
+    path.write_text(spec if isinstance(spec, str) else yaml.safe_dump({**base, **spec}))
+    results = tmp_path / "results"
+    res = harness("study", str(path), "--results-dir", str(results))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+    assert not (results / "mlflow.db").exists()
+    if case == "missing_dataset":
+        assert "cifar10" in res.stderr and str(tmp_path / "nowhere") in res.stderr
