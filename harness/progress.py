@@ -24,7 +24,8 @@ class Progress:
 
     def __init__(self, todo: list[Trial], state: dict[str, str], echo, every_s: float = 10.0) -> None:
         self.todo = {t.config_hash: t for t in todo}
-        self.total_steps = {h: int(t.train.get("steps", 0)) for h, t in self.todo.items()}
+        # Progress is counted in what the recipe reports as its step: steps, or epochs for epoch-based recipes.
+        self.total_steps = {h: int(t.train.get("steps") or t.train.get("epochs") or 0) for h, t in self.todo.items()}
         self.step: dict[str, int] = {}
         self.first: dict[str, tuple[float, int]] = {}
         self.done_before = sum(v == "done" for v in state.values())
@@ -90,9 +91,13 @@ class StudyCallback(Callback):
     def _hash(trial) -> str:
         return trial.config["cfg"]["trial_hash"]
 
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        self.runs[self._hash(trial)].ensure(self.tracker)
+
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict[str, Any], **info) -> None:
         h = self._hash(trial)
         tr = self.runs[h]
+        tr.ensure(self.tracker)
         step = int(result.get("step", 0))
         metrics = result.get("metrics") or {}
         self.tracker.log_metrics(tr, step, metrics)
@@ -122,6 +127,9 @@ class StudyCallback(Callback):
         tr = self.runs[h]
         if tr.status != "RUNNING":
             return
+        if not tr.run_id and status == "KILLED":
+            return  # never started: nothing to record, the rerun starts it fresh
+        tr.ensure(self.tracker)
         if reason:
             self.tracker.set_tags(tr.run_id, {f"{TAG}failure_reason": reason[:5000]})
         self.tracker.finish(tr.run_id, status)

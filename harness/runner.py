@@ -21,7 +21,16 @@ import yaml
 from harness.console import format_table
 from harness.errors import UserError
 from harness.spec import LoadedStudy, Trial, expand_trials, load_study
-from harness.tracking import KIND_TRIAL, TAG, Tracker, TrialRun, default_tracking_uri, git_sha, package_versions
+from harness.tracking import (
+    KIND_TRIAL,
+    TAG,
+    Tracker,
+    TrialRun,
+    default_tracking_uri,
+    git_sha,
+    mlflow_key,
+    package_versions,
+)
 
 Echo = Callable[[str], None]
 TRAIN_DRIVER_CPU = 0.01  # a Tune trial that only drives a TorchTrainer; its workers hold the real resources
@@ -68,26 +77,31 @@ def plan_study(loaded: LoadedStudy, tracker: Tracker | None, retry_failed: bool 
 
 def trial_table(plan: Plan) -> str:
     rows = []
+    parts = any(name for name, _ in plan.loaded.parts)
     for t in plan.trials:
         rows.append({
-            "variant": t.variant, "dataset": t.dataset,
-            **{k.split(".")[-1]: v for k, v in t.axes.items()},
-            "seed": t.seed, "params": t.params, "gflops": round(t.gflops, 3), "steps": t.train.get("steps"),
+            "variant": t.variant, "dataset": t.dataset, "substudies": ",".join(t.substudies),
+            "axes": " ".join(f"{k.split('.')[-1] if '+' not in k else k}={v}" for k, v in t.axes.items()),
+            "seed": t.seed, "params": t.params, "gflops": t.gflops,
+            "steps": t.train.get("steps") or t.train.get("epochs"),
             "hash": t.config_hash, "done": {"done": "yes", "failed": "FAILED", "resume": "partial"}.get(
                 plan.state[t.config_hash], "no"),
         })
-    cols = ["variant", "dataset", *[k.split(".")[-1] for k in plan.loaded.study.axes], "seed", "params", "gflops",
-            "steps", "hash", "done"]
+    cols = ["variant", "dataset", *(["substudies"] if parts else []), "axes", "seed", "params", "gflops",
+            "steps" if not any("epochs" in t.train for t in plan.trials) else "epochs", "hash", "done"]
+    for r in rows:
+        r["epochs"] = r["steps"]
     return format_table(rows, cols)
 
 
 def _check_data(loaded: LoadedStudy) -> None:
     """Load each dataset's training split once so missing data fails before any run is created."""
-    from harness.data import load_study_data
+    from harness.recipes import get_recipe
 
+    load = get_recipe(loaded.study.recipe).load_data_fn()
     data = {**dataclasses.asdict(loaded.study.data), "root": str(loaded.data_root())}
-    for name in loaded.study.datasets:
-        load_study_data(name, data, "train", download=loaded.study.data.download)
+    for name in dict.fromkeys(d for _, part in loaded.parts for d in part.datasets):
+        load(name, data, "train", download=loaded.study.data.download)
 
 
 def run_study(
@@ -134,6 +148,7 @@ def _store_exists(uri: str) -> bool:
 
 
 def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, address: str | None, echo: Echo) -> None:
+    _quiet_ray()
     from ray import tune
 
     from harness.progress import Progress, StudyCallback
@@ -145,6 +160,7 @@ def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, add
         f"{TAG}study": s.name, f"{TAG}profile": loaded.profile, f"{TAG}git_sha": git_sha(loaded.project_dir),
         f"{TAG}versions": " ".join(f"{k}={v}" for k, v in versions.items()),
         f"{TAG}device": _device(s.resources.gpus_per_worker),
+        f"{TAG}machine": _machine(),
     }
     parent = tracker.start_parent(s.name, loaded.profile, common_tags, yaml.safe_dump(loaded.raw, sort_keys=False))
     runs: dict[str, TrialRun] = {}
@@ -158,10 +174,9 @@ def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, add
         else:
             tags = {**common_tags, f"{TAG}kind": KIND_TRIAL, f"{TAG}config_hash": h, f"{TAG}variant": t.variant,
                     f"{TAG}dataset": t.dataset, f"{TAG}seed": str(t.seed), f"{TAG}params": str(t.params),
-                    f"{TAG}diagnostic": str(t.diagnostic).lower(),
-                    **{f"{TAG}axis.{k}": str(v) for k, v in t.axes.items()}}
-            rid = tracker.create_trial_run(parent, t.run_name, tags, {**t.resolved(), "axes": t.axes})
-            runs[h] = TrialRun(rid, "RUNNING")
+                    f"{TAG}diagnostic": str(t.diagnostic).lower(), f"{TAG}substudies": ",".join(t.substudies),
+                    **{mlflow_key(f"{TAG}axis.{k}"): str(v) for k, v in t.axes.items()}}
+            runs[h] = TrialRun("", "RUNNING", pending=(parent, t.run_name, tags, {**t.resolved(), "axes": t.axes}))
         configs.append(_trial_config(t, loaded, rdir))
 
     res = s.resources
@@ -229,6 +244,13 @@ def _trial_config(t: Trial, loaded: LoadedStudy, rdir: Path) -> dict[str, Any]:
     }
 
 
+def _machine() -> str:
+    from harness.bench import machine_info
+
+    m = machine_info()
+    return f"{m['cpu']}, {m['cores']} cores, {m['memory']}"
+
+
 def _device(gpus: float) -> str:
     import torch
 
@@ -241,6 +263,15 @@ def _max_concurrent(res, use_train: bool) -> int:
     cpus = os.cpu_count() or 1
     per_trial = res.cpus_per_worker * res.workers + (TRAIN_DRIVER_CPU if use_train else 0.0)
     return max(1, int(cpus // max(per_trial, 1e-9)))
+
+
+def _quiet_ray() -> None:
+    """Our progress line replaces Tune's tables; Ctrl-C reaches us, not Tune's own handler (which would stop the
+    trials and return normally, so interrupted trials would look failed instead of resumable)."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no TensorBoard/CSV/JSON loggers per trial
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
 def _ray_init(address: str | None) -> None:

@@ -74,13 +74,17 @@ class EvalSpec:
     sampler_steps: int = 50
     batch_size: int = 250
     grid: int = 64  # images in the sample grid logged at each evaluation
+    runs: int | None = None  # point clouds: sampling runs averaged per evaluation (recipe default 3)
+    emd_n: int | None = None  # point clouds: points in the EMD matching (recipe default 128)
 
 
 @dataclass(frozen=True)
 class TableSpec:
-    kind: str = "best_checkpoint"  # which table builder (harness.tables)
+    kind: str = "best_checkpoint"  # which table builder: best_checkpoint (Table 1 style) | settings (per substudy)
     paper_csv: str | None = None  # file under harness/paper_tables/ with the paper's numbers
-    metric: str = "fid"  # the metric that picks the best checkpoint (lower is better)
+    metric: str = "fid"  # best_checkpoint: picks the checkpoint (lower is better); settings: the plotted metric
+    labels: dict[str, str] = field(default_factory=dict)  # settings: a setting's value -> the paper's row label
+    plots: dict[str, str] = field(default_factory=dict)  # settings: substudy -> x axis ("train.epochs", "depth")
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,9 @@ class Study:
     table: TableSpec = field(default_factory=TableSpec)
     profiles: dict[str, dict] = field(default_factory=dict)
     default_profile: str | None = None
+    # Named parts of one study (e.g. one per question of a homework): each is a mapping of overrides (variants,
+    # datasets, axes, train, ...) on top of the study; a trial shared by several parts runs once (same hash).
+    substudies: dict[str, dict] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------- generic validation
@@ -175,6 +182,7 @@ class LoadedStudy:
     path: Path
     profile: str
     raw: dict  # the merged mapping that was validated (written out as the resolved YAML)
+    parts: tuple[tuple[str, Study], ...] = ()  # (substudy name, its study); ("", study) without substudies
 
     @property
     def project_dir(self) -> Path:
@@ -207,8 +215,6 @@ def read_yaml(path: Path) -> dict:
 
 def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any] | None = None) -> LoadedStudy:
     """Read, merge (YAML < profile < --set) and validate a study file, including its recipe's train section."""
-    from harness.recipes import get_recipe
-
     path = Path(path)
     raw = read_yaml(path)
     profiles = raw.get("profiles") or {}
@@ -221,21 +227,45 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
     if sets:
         merged = deep_merge(merged, dotted_to_nested(sets))
     where = str(path)
+    study = _validated(merged, where)
+    parts: list[tuple[str, Study]] = []
+    for name, over in study.substudies.items():
+        if not isinstance(over, dict):
+            raise SpecError(f"{where}: substudies.{name} must be a mapping of overrides")
+        bad = sorted(set(over) & {"name", "profiles", "substudies", "default_profile", "resources"})
+        if bad:
+            raise SpecError(f"{where}: substudies.{name} cannot set {bad[0]!r} (set it for the whole study)")
+        base = {k: v for k, v in merged.items() if k != "substudies"}
+        part = deep_merge(base, over)
+        if "axes" in over:  # a part's axes replace the study's, they are its question
+            part["axes"] = over["axes"]
+        if sets:  # the command line stays the last word
+            part = deep_merge(part, {k: v for k, v in dotted_to_nested(sets).items() if k != "axes"})
+        parts.append((name, _validated(part, f"{where}: substudies.{name}")))
+    return LoadedStudy(study, path, profile, merged, tuple(parts) or (("", study),))
+
+
+def _validated(merged: dict, where: str) -> Study:
+    from harness.recipes import get_recipe
+
     study = from_dict(Study, merged, where)
     recipe = get_recipe(study.recipe, where)
     from_dict(recipe.train_config, study.train, f"{where}: train")  # validate now; trials rebuild it
     for key, values in study.axes.items():
         if not isinstance(values, list) or not values:
             raise SpecError(f"{where}: axes.{key} must be a non-empty list of values")
-        section = key.split(".", 1)[0]
-        if section not in {"model", "train", "eval", "data"} or "." not in key:
-            raise SpecError(f"{where}: axes key {key!r} must be 'model.<key>', 'train.<key>', 'eval.<key>' or "
-                            "'data.<key>'")
+        keys = key.split("+")  # "train.lbeta+train.ubeta": values move together, as pairs
+        for k in keys:
+            if k.split(".", 1)[0] not in {"model", "train", "eval", "data"} or "." not in k:
+                raise SpecError(f"{where}: axes key {k!r} must be 'model.<key>', 'train.<key>', 'eval.<key>' or "
+                                "'data.<key>'")
+        if len(keys) > 1 and any(not isinstance(v, list) or len(v) != len(keys) for v in values):
+            raise SpecError(f"{where}: every value of axes.{key} must be a list of {len(keys)} values, one per key")
     if not study.variants:
         raise SpecError(f"{where}: 'variants' must list at least one zoo name")
     if not study.datasets:
         raise SpecError(f"{where}: 'datasets' must list at least one dataset")
-    return LoadedStudy(study, path, profile, merged)
+    return study
 
 
 # ---------------------------------------------------------------------------------------------------------- trials
@@ -257,14 +287,19 @@ class Trial:
     params: int
     gflops: float
     diagnostic: bool = False  # over budget but allowed, flagged in tables
+    substudies: tuple[str, ...] = ()  # the parts of the study this trial belongs to (not part of the hash)
 
     def resolved(self) -> dict[str, Any]:
-        """What the hash covers: the result-determining config (not resources, paths or the profile name)."""
+        """What the hash covers: the result-determining config (not resources, paths or the profile name).
+
+        Keys whose value is None (unset) are left out, so adding an optional key to the schema later does not
+        change the hash of trials that never set it.
+        """
         data = {k: v for k, v in self.data.items() if k not in ("root", "download")}
-        return {
+        return _prune({
             "recipe": self.recipe, "variant": self.variant, "family": self.family, "dataset": self.dataset,
             "seed": self.seed, "model": self.model, "train": self.train, "eval": self.eval, "data": data,
-        }
+        })
 
     @property
     def config_hash(self) -> str:
@@ -278,21 +313,38 @@ class Trial:
         return " ".join(x for x in (self.variant, self.dataset, axes, f"seed={self.seed}") if x)
 
 
+def _prune(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _prune(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
+
+
 def _set_dotted(sections: dict[str, dict], key: str, value: Any) -> None:
     section, _, rest = key.partition(".")
     sections[section][rest] = value
 
 
 def expand_trials(loaded: LoadedStudy) -> list[Trial]:
-    """The grid datasets x variants x axes x seeds, each resolved, budget-checked and hashed.
+    """The grid datasets x variants x axes x seeds of every part of the study, each trial resolved, budget-checked
+    and hashed; a trial that several substudies share appears once, listing them all.
 
     Models are built on the meta device to count parameters, so nothing is allocated or trained here.
     """
+    by_hash: dict[str, Trial] = {}
+    for part_name, part in loaded.parts or (("", loaded.study),):
+        where = f"{loaded.path}: substudies.{part_name}" if part_name else str(loaded.path)
+        for t in _expand_part(loaded, part, where):
+            t = dataclasses.replace(t, substudies=(part_name,) if part_name else ())
+            old = by_hash.get(t.config_hash)
+            if old is None:
+                by_hash[t.config_hash] = t
+            elif part_name and part_name not in old.substudies:
+                by_hash[t.config_hash] = dataclasses.replace(old, substudies=old.substudies + (part_name,))
+    return list(by_hash.values())
+
+
+def _expand_part(loaded: LoadedStudy, s: Study, where: str) -> list[Trial]:
     import zoo
     from harness.recipes import get_recipe
 
-    s = loaded.study
-    where = str(loaded.path)
     recipe = get_recipe(s.recipe, where)
     axis_keys = list(s.axes)
     trials: list[Trial] = []
@@ -307,13 +359,14 @@ def expand_trials(loaded: LoadedStudy) -> list[Trial]:
         }
         axes = dict(zip(axis_keys, combo))
         for k, v in axes.items():
-            _set_dotted(sections, k, v)
+            for kk, vv in zip(k.split("+"), v if "+" in k else [v]):
+                _set_dotted(sections, kk, vv)
         sections["data"]["root"] = str(loaded.data_root())
+        train = dataclasses.asdict(from_dict(recipe.train_config, sections["train"], f"{where}: train"))
         try:
-            cfg = zoo.config(variant, **recipe.model_overrides(sections["model"], dataset, sections["data"]))
+            cfg = zoo.config(variant, **recipe.model_overrides(sections["model"], dataset, sections["data"], train))
         except zoo.ZooError as e:
             raise SpecError(f"{where}: variant {variant!r}: {e}") from None
-        train = dataclasses.asdict(from_dict(recipe.train_config, sections["train"], f"{where}: train"))
         ev = dataclasses.asdict(from_dict(EvalSpec, sections["eval"], f"{where}: eval"))
         data = dataclasses.asdict(from_dict(DataSpec, sections["data"], f"{where}: data"))
         family = zoo.entry(variant).family

@@ -55,6 +55,23 @@ def trial_histories(trials: list[Trial], tracker: Tracker, keys: list[str]) -> p
     return pd.DataFrame(rows)
 
 
+def provenance(trials: list[Trial], tracker: Tracker) -> str:
+    """Where and how long: the wall-clock span of the trials' finished runs and the machine they ran on."""
+    by_hash = tracker.trial_runs(trials[0].study) if trials else {}
+    finished = [r for t in trials for r in by_hash.get(t.config_hash, [])[:1] if r.info.status == "FINISHED"]
+    if not finished:
+        return "No finished trials yet."
+    start = min(r.info.start_time for r in finished) / 1000
+    end = max(r.info.end_time or r.info.start_time for r in finished) / 1000
+    busy = sum(((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000 for r in finished)
+    tags = finished[0].data.tags
+    machine = tags.get("harness.machine", "unknown machine")
+    versions = tags.get("harness.versions", "")
+    return (f"{len(finished)}/{len(trials)} trials finished; wall clock {(end - start) / 60:.1f} min from the first "
+            f"start to the last end ({busy / 60:.1f} trial-minutes), on {machine} ({tags.get('harness.device', '?')});"
+            f" {versions}.")
+
+
 def best_checkpoint_table(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker) -> tuple[pd.DataFrame, str]:
     """Table 1 of the block-sharing paper: Steps (x1e-6), FID and KID (x1e4) of the best checkpoint per variant and
     dataset (the evaluation with the lowest distance), ours beside the paper's. Returns (numeric frame, caption)."""
@@ -73,6 +90,7 @@ def best_checkpoint_table(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
         row: dict[str, Any] = {"dataset": PAPER_DATASET.get(dataset, dataset), "variant": variant,
                                "seeds": len(b)}
         if not b.empty:
+            row["wall_min"] = b.wall_s.mean() / 60
             row["steps_million"] = b.step.mean() / 1e6
             row[dkey] = b[dkey].mean()
             row[f"{dkey}_std"] = b[dkey].std(ddof=1) if len(b) > 1 else float("nan")
@@ -116,6 +134,8 @@ def _display(df: pd.DataFrame, dkey: str, kkey: str) -> pd.DataFrame:
     out[klabel] = [(f"{m:.2f} ± {s:.2f}" if pd.notna(s) else f"{m:.2f}") if pd.notna(m) else "–"
                    for m, s in zip(df.get(kc, [float("nan")] * len(df)), df.get(f"{kc}_std", [float("nan")] * len(df)))]
     out["n"] = df.get("n", pd.Series([None] * len(df))).map(lambda v: f"{int(v)}" if pd.notna(v) else "–")
+    out["Trial wall (min)"] = df.get("wall_min", pd.Series([None] * len(df))).map(
+        lambda v: f"{v:.1f}" if pd.notna(v) else "–")
     for col, name, fmt in (("paper_steps_million", "Paper steps x1e-6", "{:.2f}"), ("paper_fid", "Paper FID", "{:.2f}"),
                            ("paper_kid_x1e4", "Paper KID x1e4", "{:.2f}"), ("fid_diff", "FID diff", "{:+.2f}"),
                            ("kid_x1e4_diff", "KID x1e4 diff", "{:+.2f}")):
@@ -148,6 +168,10 @@ def fid_over_steps_plot(hist: pd.DataFrame, dkey: str, label: str, caption: str,
 def write_study_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, results_dir: Path) -> list[Path]:
     """Write results/<study>/<profile>/: table1.{md,csv,tex} and fid_over_steps.png. Returns the paths written."""
     s = loaded.study
+    if s.table.kind == "settings":
+        from harness.tables_settings import write_settings_tables
+
+        return write_settings_tables(loaded, trials, tracker, results_dir)
     if s.table.kind != "best_checkpoint":
         raise ValueError(f"unknown table kind {s.table.kind!r}")
     out_dir = results_dir / s.name / loaded.profile
@@ -157,8 +181,8 @@ def write_study_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tracke
     shown = _display(df, dkey, kkey)
     written = []
     md = out_dir / "table1.md"
-    md.write_text(f"# {s.name}: Table 1 ({loaded.profile} profile)\n\n{caption}\n\n"
-                  f"{_markdown(shown)}\n")
+    md.write_text(f"# {s.name}: Table 1 ({loaded.profile} profile)\n\n{caption}\n\n{provenance(trials, tracker)}\n\n"
+                  f"{_markdown(shown)}\n\n![{label} over training steps](fid_over_steps.png)\n")
     written.append(md)
     csv = out_dir / "table1.csv"
     df.to_csv(csv, index=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -28,11 +29,16 @@ def default_tracking_uri(results_dir: Path) -> str:
     return f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"
 
 
+def mlflow_key(key: str) -> str:
+    """MLflow keys allow alphanumerics and _ - . space : /; anything else (e.g. the + of a zipped axis) becomes ':'."""
+    return re.sub(r"[^\w\-. :/]", ":", key)
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """{"model": {"width": 512}} -> {"model.width": "512"}; values stringified (MLflow params are strings)."""
     out: dict[str, str] = {}
     for k, v in d.items():
-        key = f"{prefix}{k}"
+        key = mlflow_key(f"{prefix}{k}")
         if isinstance(v, dict):
             out.update(flatten(v, key + "."))
         else:
@@ -65,9 +71,16 @@ def package_versions() -> dict[str, str]:
 class TrialRun:
     """The MLflow run of one trial and what has been logged to it (for step de-duplication on resume)."""
 
-    run_id: str
+    run_id: str  # "" until the trial starts: a new trial's run is created then, so its start time is the trial's
     status: str
     last_step: dict[str, int] = field(default_factory=dict)
+    pending: tuple[str, str, dict[str, str], dict[str, Any]] | None = None  # (parent id, name, tags, resolved)
+
+    def ensure(self, tracker: Tracker) -> str:
+        if not self.run_id and self.pending:
+            self.run_id = tracker.create_trial_run(*self.pending)
+            self.pending = None
+        return self.run_id
 
 
 class Tracker:

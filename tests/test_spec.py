@@ -108,3 +108,29 @@ def test_yaml_syntax_error_has_line(tmp_path):
     p.write_text("name: x\nvariants: [D8\n")
     with pytest.raises(SpecError, match=r"YAML syntax error at line \d+"):
         load_study(p)
+
+
+def test_substudies_expand_their_own_axes_and_share_identical_trials(tmp_path):
+    data = {
+        **BASE,
+        "variants": ["D8"],
+        "substudies": {
+            "lr": {"axes": {"train.lr": [1e-4, 5e-4]}},
+            "depth": {"variants": ["D2S4I", "D8"]},
+        },
+    }
+    p = write(tmp_path, data)
+    loaded = load_study(p, sets={"train.steps": 3})
+    assert sorted(name for name, _ in loaded.parts) == ["depth", "lr"]
+    trials = expand_trials(loaded)
+    # lr: D8 x {1e-4, 5e-4}; depth: D2S4I and D8 at the default lr 5e-4, the latter the same trial as lr=5e-4.
+    assert len(trials) == 3
+    shared = [t for t in trials if set(t.substudies) == {"lr", "depth"}]
+    assert len(shared) == 1 and shared[0].variant == "D8" and shared[0].train["lr"] == 5e-4
+    assert all(t.train["steps"] == 3 for t in trials)  # --set reaches every part
+
+
+def test_substudy_cannot_set_study_wide_keys(tmp_path):
+    p = write(tmp_path, {**BASE, "substudies": {"x": {"resources": {"workers": 2}}}})
+    with pytest.raises(SpecError, match="substudies.x cannot set 'resources'"):
+        load_study(p)

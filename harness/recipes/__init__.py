@@ -21,12 +21,22 @@ class Recipe:
     name: str
     train_config: type
     trial_fn: str  # "module:function", called as fn(trial: dict, ctx: TrialContext)
-    model_overrides: Callable[[dict, str, dict], dict]
+    model_overrides: Callable[[dict, str, dict, dict], dict]  # (model, dataset, data, train) -> zoo overrides
     description: str = ""
+    # "module:function" loading a dataset split as fn(name, data_section, split, download): the driver calls it once
+    # per dataset before anything starts, so missing data fails early with one sentence.
+    data_loader: str = "harness.data:load_study_data"
 
     def load_trial_fn(self) -> Callable[..., Any]:
-        module, _, fn = self.trial_fn.partition(":")
-        return getattr(importlib.import_module(module), fn)
+        return _resolve(self.trial_fn)
+
+    def load_data_fn(self) -> Callable[..., Any]:
+        return _resolve(self.data_loader)
+
+
+def _resolve(path: str) -> Callable[..., Any]:
+    module, _, fn = path.partition(":")
+    return getattr(importlib.import_module(module), fn)
 
 
 _RECIPES: dict[str, Recipe] = {}
@@ -54,4 +64,4 @@ def recipe_names() -> list[str]:
 def _load_builtin() -> None:
     # Each recipe's config module registers itself; imported here, not at package import, to keep `harness --help`
     # free of torch imports.
-    from harness.recipes import edm_config  # noqa: F401
+    from harness.recipes import ddpm_config, edm_config  # noqa: F401

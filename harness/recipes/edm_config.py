@@ -42,7 +42,7 @@ class EDMTrain:
             raise ValueError(f"loss_weighting must be soft-min-snr or karras, got {self.loss_weighting!r}")
 
 
-def _model_overrides(model: dict, dataset: str, data: dict) -> dict[str, Any]:
+def _model_overrides(model: dict, dataset: str, data: dict, train: dict | None = None) -> dict[str, Any]:
     """Image shape and classes come from the dataset unless the study sets them."""
     from harness.data import image_meta
 
