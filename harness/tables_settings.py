@@ -1,0 +1,227 @@
+"""Per-setting tables for studies made of substudies (one per question of a homework or paper section).
+
+Each substudy becomes one table: a row per setting (the value of the substudy's axes, or the variant when the
+substudy varies the model), a column pair per dataset (ours as mean ± std over seeds, the paper's beside it), and
+optionally a metric-versus-setting plot. A figure of generated against real points shows the best trial per dataset.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.spec import LoadedStudy, Study, Trial
+from harness.tables import _markdown, paper_table, provenance
+from harness.tracking import Tracker
+
+# What the paper's CSV calls a metric, and the key the recipe logs for it (test-set values, as the paper reports).
+METRICS = {"emd": ("EMD", "emd_test"), "nll": ("NLL", "nll_test")}
+
+
+def _resolved(t: Trial, key: str) -> Any:
+    section, _, rest = key.partition(".")
+    return {"model": t.model, "train": t.train, "eval": t.eval, "data": t.data}[section][rest]
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def setting_of(t: Trial, part: Study) -> str:
+    """The raw setting of a trial within a substudy: its axis values (as resolved), or its variant."""
+    if not part.axes:
+        return t.variant
+    items = [(k, _resolved(t, k)) for key in part.axes for k in key.split("+")]
+    if len(items) == 1:
+        return _fmt(items[0][1])
+    return " ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in items)
+
+
+def _position(raw: str, part: Study) -> int:
+    """Where a setting stands in its substudy as written (axes values in grid order, or the variants' order)."""
+    if not part.axes:
+        return part.variants.index(raw) if raw in part.variants else len(part.variants)
+    keys = [k for key in part.axes for k in key.split("+")]
+    combos = [sum(([v] if "+" not in key else list(v) for key, v in zip(part.axes, combo)), [])
+              for combo in itertools.product(*part.axes.values())]
+    names = [_fmt(c[0]) if len(keys) == 1 else " ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in zip(keys, c))
+             for c in combos]
+    return names.index(raw) if raw in names else len(names)
+
+
+def final_metrics(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker) -> pd.DataFrame:
+    """One row per (substudy, trial) with the setting, its paper label, and the trial's last logged metrics."""
+    by_hash = tracker.trial_runs(loaded.study.name) if trials else {}
+    labels = loaded.study.table.labels
+    rows = []
+    for name, part in loaded.parts:
+        for t in trials:
+            if name not in t.substudies:
+                continue
+            runs = [r for r in by_hash.get(t.config_hash, []) if r.info.status == "FINISHED"]
+            if not runs:
+                continue
+            raw = setting_of(t, part)
+            rows.append({"substudy": name, "setting_raw": raw, "setting": labels.get(raw, raw),
+                         "dataset": t.dataset, "seed": t.seed, "variant": t.variant, "hash": t.config_hash,
+                         "run_id": runs[0].info.run_id, "order": _position(raw, part), **runs[0].data.metrics})
+    return pd.DataFrame(rows)
+
+
+def substudy_table(df: pd.DataFrame, name: str, datasets: list[str], metrics: list[str],
+                   paper: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(numeric frame, display frame) for one substudy."""
+    sub = df[df.substudy == name]
+    settings = list(dict.fromkeys(sub.sort_values("order").setting))
+    num_rows, show_rows = [], []
+    for setting in settings:
+        num: dict[str, Any] = {"setting": setting}
+        show: dict[str, Any] = {"Setting": setting}
+        for ds in datasets:
+            cell = sub[(sub.setting == setting) & (sub.dataset == ds)]
+            for m in metrics:
+                label, key = METRICS[m]
+                vals = cell[key].dropna() if key in cell else pd.Series(dtype=float)
+                mean = vals.mean() if len(vals) else float("nan")
+                std = vals.std(ddof=1) if len(vals) > 1 else float("nan")
+                num[f"{m}_{ds}"], num[f"{m}_{ds}_std"], num[f"{m}_{ds}_seeds"] = mean, std, len(vals)
+                show[f"{label} ({ds})"] = "–" if not len(vals) else (
+                    f"{mean:.2f} ± {std:.2f}" if len(vals) > 1 else f"{mean:.2f}")
+                p = None
+                if paper is not None:
+                    row = paper[(paper.study == name) & (paper.setting.astype(str) == setting)]
+                    col = f"{m}_{ds}"
+                    if not row.empty and col in row and pd.notna(row[col].iloc[0]):
+                        p = float(row[col].iloc[0])
+                num[f"paper_{m}_{ds}"] = p
+                if p is not None:
+                    show[f"Paper {label} ({ds})"] = f"{p:g}"
+        num_rows.append(num)
+        show_rows.append(show)
+    shown = pd.DataFrame(show_rows)
+    shown = shown[[c for c in shown.columns if c == "Setting" or shown[c].ne("–").any()]]
+    return pd.DataFrame(num_rows), shown.fillna("–")
+
+
+def metric_plot(df: pd.DataFrame, name: str, x_key: str, metric: str, trials: dict[str, Trial],
+                paper: pd.DataFrame | None, path: Path, caption: str) -> Path | None:
+    """Metric against the setting (numeric x: epochs, T, depth), one line per dataset, mean ± sd over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    label, key = METRICS[metric]
+    sub = df[df.substudy == name].copy()
+    if sub.empty or key not in sub:
+        return None
+    if x_key == "depth":
+        sub["x"] = [len(trials[h].model.get("hidden", ())) for h in sub.hash]
+        xlabel = "hidden layers"
+    else:
+        sub["x"] = [_resolved(trials[h], x_key) for h in sub.hash]
+        xlabel = x_key.split(".")[-1]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    sns.lineplot(data=sub, x="x", y=key, hue="dataset", marker="o", errorbar="sd", ax=ax)
+    if paper is not None:
+        rows = paper[paper.study == name]
+        for ds in sub.dataset.unique():
+            col = f"{metric}_{ds}"
+            if col in rows and rows[col].notna().any():
+                xs = sub.drop_duplicates("setting").set_index("setting")["x"]
+                pts = [(xs[s], v) for s, v in zip(rows.setting.astype(str), rows[col]) if s in xs and pd.notna(v)]
+                if pts:
+                    ax.plot(*zip(*sorted(pts)), ls="--", marker="x", label=f"{ds} (paper)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{label} (test)")
+    ax.legend(fontsize=7)
+    fig.text(0.01, -0.02, textwrap.fill(caption, 110), fontsize=6, ha="left", va="top")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def points_figure(df: pd.DataFrame, loaded: LoadedStudy, tracker: Tracker, path: Path) -> Path | None:
+    """Generated against real test points (normalised space) for the best trial (lowest EMD) of each dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from harness.points import load_points
+
+    key = METRICS["emd"][1]
+    if df.empty or key not in df:
+        return None
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    datasets = list(dict.fromkeys(df.dataset))
+    fig = plt.figure(figsize=(5 * len(datasets), 4.6))
+    for i, ds in enumerate(datasets):
+        best = df[df.dataset == ds].sort_values(key).iloc[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = tracker.client.download_artifacts(best.run_id, "samples/points_final.npy", tmp)
+            except Exception:  # noqa: BLE001 - a run without the artifact simply has no panel
+                continue
+            gen = np.load(local)
+        real = load_points(ds, loaded.data_root(), "test").x.numpy()
+        ax = fig.add_subplot(1, len(datasets), i + 1, projection="3d")
+        ax.scatter(*real[:2000].T, s=1, alpha=0.3, label="real (test)")
+        ax.scatter(*gen[:2000].T, s=1, alpha=0.3, label="generated")
+        ax.set_title(f"{ds}: {best.variant}, {best.substudy}={best.setting}\nEMD {best[key]:.1f}", fontsize=8)
+        ax.legend(fontsize=7, markerscale=6)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, results_dir: Path) -> list[Path]:
+    """results/<study>/<profile>/: README.md with every substudy's table, <substudy>.csv/.tex, plots, points."""
+    s = loaded.study
+    out_dir = results_dir / s.name / loaded.profile
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df = final_metrics(loaded, trials, tracker)
+    paper = paper_table(s.table.paper_csv) if s.table.paper_csv else None
+    metrics = [m for m in s.eval.metrics if m in METRICS]
+    by_hash = {t.config_hash: t for t in trials}
+    seeds = sorted({t.seed for t in trials})
+    written: list[Path] = []
+    sections = [f"# {s.name} ({loaded.profile} profile)", "", s.description.strip(), "",
+                f"Paper: {s.paper}. Ours: mean ± std over seeds {', '.join(map(str, seeds))}; test-set EMD over "
+                f"{s.eval.emd_n} random points and Gaussian-kernel NLL (temperature 0.1), each averaged over "
+                f"{s.eval.runs} sampling runs; profile `{loaded.profile}`.", "", provenance(trials, tracker), ""]
+    for name, part in loaded.parts:
+        if df.empty or name not in set(df.substudy):
+            continue
+        num, shown = substudy_table(df, name, list(part.datasets), metrics, paper)
+        num.to_csv(out_dir / f"{name}.csv", index=False)
+        (out_dir / f"{name}.tex").write_text(shown.to_latex(index=False, caption=f"{s.name}: {name}",
+                                                            label=f"tab:{s.name}-{name}"))
+        written += [out_dir / f"{name}.csv", out_dir / f"{name}.tex"]
+        desc = ", ".join(f"{k}" for k in part.axes) or "variants " + ", ".join(part.variants)
+        sections += [f"## {name}", "", f"Varies {desc}; {part.train.get('epochs', '?')} epochs unless varied.", "",
+                     _markdown(shown), ""]
+        if name in s.table.plots:
+            for m in metrics:
+                fig = metric_plot(df, name, s.table.plots[name], m, by_hash, paper, out_dir / f"{name}_{m}.png",
+                                  f"{s.name} [{loaded.profile}] {name}: mean ± sd over seeds; dashed: paper")
+                if fig:
+                    written.append(fig)
+                    sections += [f"![{name} {m}]({fig.name})", ""]
+    fig = points_figure(df, loaded, tracker, out_dir / "points.png")
+    if fig:
+        written.append(fig)
+        sections += ["## Generated against real points", "", f"![generated vs real]({fig.name})", ""]
+    md = out_dir / "README.md"
+    md.write_text("\n".join(sections))
+    return [md, *written]
