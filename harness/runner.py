@@ -188,10 +188,7 @@ def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, add
         trial_resources = {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker}
     progress = Progress(todo, plan.state, echo)
     callback = StudyCallback(tracker, runs, progress)
-    stopped = {"signal": None}
-
     def on_signal(signum, _frame):  # SIGTERM behaves like Ctrl-C: runs are closed as KILLED, resumable
-        stopped["signal"] = signum
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, on_signal)
@@ -202,8 +199,8 @@ def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, add
             param_space={"cfg": tune.grid_search(configs)},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=_max_concurrent(res, use_train),
-                # A reused trial actor keeps the previous TorchTrainer's controller (and its placement group) alive,
-                # which starves the next trial of CPUs: every trial gets a fresh actor.
+                # Every trial gets a fresh process: thread counts, Accelerate state and a finished TorchTrainer's
+                # actors do not carry over into the next trial.
                 reuse_actors=False,
                 trial_name_creator=_trial_name,
                 trial_dirname_creator=lambda tr: tr.config["cfg"]["trial_hash"],

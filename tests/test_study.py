@@ -147,3 +147,43 @@ def test_bad_study_file_is_one_sentence_and_leaves_no_run(tmp_path, case):
     assert not (results / "mlflow.db").exists()
     if case == "missing_dataset":
         assert "cifar10" in res.stderr and str(tmp_path / "nowhere") in res.stderr
+
+
+TOY = REPO / "studies" / "toy_ddpm.yaml"
+
+
+def test_toy_ddpm_smoke_runs_every_substudy_and_writes_tables_and_plots(tmp_path):
+    results = tmp_path / "results"
+    res = harness("study", str(TOY), "--profile", "smoke", "--results-dir", str(results))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "finished 11 trial(s), failed 0" in res.stdout
+    c = client(results)
+    exp = c.get_experiment_by_name("toy_ddpm")
+    trials = c.search_runs([exp.experiment_id], "tags.`harness.kind` = 'trial'")
+    assert len(trials) == 11 and all(r.info.status == "FINISHED" for r in trials)
+    for r in trials:
+        for key in ("emd_test", "emd_train", "nll_test", "nll_train", "emd_test_std", "n_generated"):
+            assert key in r.data.metrics, key
+    out = results / "toy_ddpm" / "smoke"
+    readme = (out / "README.md").read_text()
+    for part in ("epochs", "complexity", "diffusion_steps", "noise_schedule", "beta_range"):
+        assert f"## {part}" in readme and (out / f"{part}.csv").exists()
+    for plot in ("epochs_emd.png", "complexity_nll.png", "diffusion_steps_emd.png", "points.png"):
+        assert (out / plot).stat().st_size > 5000
+    # the homework's numbers stand beside ours
+    assert "Paper EMD (sin_5_5)" in readme and "Model 1 (1x64)" in readme and "lbeta=1.28e-2 ubeta=1e-3" in readme
+    complexity = pd.read_csv(out / "complexity.csv")
+    assert list(complexity.setting) == ["Model 1 (1x64)", "Model 3 (64-128-128)"]
+    assert complexity.paper_emd_helix.tolist() == [120.17, 89.78]
+
+
+@pytest.mark.parametrize(
+    ("setting", "fragment"),
+    [("train.T=0", "T"), ("train.lbeta=1.5", "lbeta"), ("train.ubeta=0", "ubeta"), ("train.schedule=cosin", "cosine")],
+)
+def test_toy_ddpm_bad_settings_refused_before_training(tmp_path, setting, fragment):
+    results = tmp_path / "results"
+    res = harness("study", str(TOY), "--profile", "smoke", "--results-dir", str(results), "--set", setting)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1 and fragment in res.stderr, res.stderr
+    assert not (results / "mlflow.db").exists()
