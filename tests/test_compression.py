@@ -136,3 +136,14 @@ def test_timing_excludes_warm_up():
 
     ms = time_per_call_ms(fn, warmup=2, repeats=5)
     assert calls["n"] == 7 and ms < 50
+
+
+def test_score_net_middle_and_extremes_are_the_reports_sets():
+    import zoo
+
+    model = zoo.build("ncsn-mnist")
+    middle = sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
+                 for m, _ in prunable_weights(model, "middle"))
+    ends = sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
+               for m, _ in prunable_weights(model, "extremes"))
+    assert (middle, ends) == (942_592, 105_505)  # report sec. 4.2.2
