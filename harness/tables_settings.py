@@ -21,13 +21,37 @@ from harness.spec import LoadedStudy, Study, Trial
 from harness.tables import _markdown, paper_table, provenance
 from harness.tracking import Tracker
 
-# What the paper's CSV calls a metric, and the key the recipe logs for it (test-set values, as the paper reports).
-METRICS = {"emd": ("EMD", "emd_test"), "nll": ("NLL", "nll_test")}
+# Table columns by the study's eval.metrics name: (label, the key the recipe logs). The paper's CSV names its
+# column <name>_<dataset>. Test-set values, as the papers report them.
+METRICS = {
+    "emd": ("EMD", "emd_test"),
+    "nll": ("NLL", "nll_test"),
+    "fid": ("FID", "fid"),
+    "kid": ("KID", "kid"),
+    "size": ("Size (gzip bytes)", "compressed_bytes"),
+    "params": ("Params", "params"),
+    "nonzero": ("Non-zero params", "nonzero_params"),
+    "inference": ("Inference ms/image", "inference_ms_per_image"),
+    "train_ms": ("Train ms/epoch", "train_ms_per_epoch"),
+}
+# With the classifier extractor, distances are in its feature space: never labelled FID/KID.
+CLASSIFIER_METRICS = {"fid": ("FD (classifier)", "fd_classifier"), "kid": ("KD (classifier)", "kd_classifier")}
+
+
+def metric_spec(name: str, extractor: str) -> tuple[str, str]:
+    if extractor == "classifier" and name in CLASSIFIER_METRICS:
+        return CLASSIFIER_METRICS[name]
+    return METRICS[name]
 
 
 def _resolved(t: Trial, key: str) -> Any:
     section, _, rest = key.partition(".")
     return {"model": t.model, "train": t.train, "eval": t.eval, "data": t.data}[section][rest]
+
+
+def _num(v: float) -> str:
+    """Counts and byte sizes with thousands separators, everything else to 2 decimals."""
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.2f}"
 
 
 def _fmt(v: Any) -> str:
@@ -71,12 +95,13 @@ def final_metrics(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker) ->
             raw = setting_of(t, part)
             rows.append({"substudy": name, "setting_raw": raw, "setting": labels.get(raw, raw),
                          "dataset": t.dataset, "seed": t.seed, "variant": t.variant, "hash": t.config_hash,
-                         "run_id": runs[0].info.run_id, "order": _position(raw, part), **runs[0].data.metrics})
+                         "run_id": runs[0].info.run_id, "order": _position(raw, part),
+                         "skipped": runs[0].data.tags.get("harness.skipped"), **runs[0].data.metrics})
     return pd.DataFrame(rows)
 
 
 def substudy_table(df: pd.DataFrame, name: str, datasets: list[str], metrics: list[str],
-                   paper: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   paper: pd.DataFrame | None, extractor: str = "inception") -> tuple[pd.DataFrame, pd.DataFrame]:
     """(numeric frame, display frame) for one substudy."""
     sub = df[df.substudy == name]
     settings = list(dict.fromkeys(sub.sort_values("order").setting))
@@ -87,18 +112,22 @@ def substudy_table(df: pd.DataFrame, name: str, datasets: list[str], metrics: li
         for ds in datasets:
             cell = sub[(sub.setting == setting) & (sub.dataset == ds)]
             for m in metrics:
-                label, key = METRICS[m]
+                label, key = metric_spec(m, extractor)
                 vals = cell[key].dropna() if key in cell else pd.Series(dtype=float)
                 mean = vals.mean() if len(vals) else float("nan")
                 std = vals.std(ddof=1) if len(vals) > 1 else float("nan")
                 num[f"{m}_{ds}"], num[f"{m}_{ds}_std"], num[f"{m}_{ds}_seeds"] = mean, std, len(vals)
-                show[f"{label} ({ds})"] = "–" if not len(vals) else (
-                    f"{mean:.2f} ± {std:.2f}" if len(vals) > 1 else f"{mean:.2f}")
+                skipped = cell["skipped"].dropna().unique() if "skipped" in cell else []
+                show[f"{label} ({ds})"] = (_num(mean) + (f" ± {_num(std)}" if len(vals) > 1 else "") if len(vals)
+                                           else ("skipped" if len(skipped) else "–"))
+                if len(skipped):
+                    num[f"skipped_{ds}"] = skipped[0]
                 p = None
                 if paper is not None:
                     row = paper[(paper.study == name) & (paper.setting.astype(str) == setting)]
                     col = f"{m}_{ds}"
-                    if not row.empty and col in row and pd.notna(row[col].iloc[0]):
+                    comparable = extractor != "classifier" or m not in CLASSIFIER_METRICS
+                    if comparable and not row.empty and col in row and pd.notna(row[col].iloc[0]):
                         p = float(row[col].iloc[0])
                 num[f"paper_{m}_{ds}"] = p
                 if p is not None:
@@ -111,7 +140,7 @@ def substudy_table(df: pd.DataFrame, name: str, datasets: list[str], metrics: li
 
 
 def metric_plot(df: pd.DataFrame, name: str, x_key: str, metric: str, trials: dict[str, Trial],
-                paper: pd.DataFrame | None, path: Path, caption: str) -> Path | None:
+                paper: pd.DataFrame | None, path: Path, caption: str, extractor: str = "inception") -> Path | None:
     """Metric against the setting (numeric x: epochs, T, depth), one line per dataset, mean ± sd over seeds."""
     import matplotlib
 
@@ -119,7 +148,7 @@ def metric_plot(df: pd.DataFrame, name: str, x_key: str, metric: str, trials: di
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    label, key = METRICS[metric]
+    label, key = metric_spec(metric, extractor)
     sub = df[df.substudy == name].copy()
     if sub.empty or key not in sub:
         return None
@@ -160,7 +189,7 @@ def points_figure(df: pd.DataFrame, loaded: LoadedStudy, tracker: Tracker, path:
     from harness.points import load_points
 
     key = METRICS["emd"][1]
-    if df.empty or key not in df:
+    if df.empty or key not in df or loaded.study.recipe != "ddpm":
         return None
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     datasets = list(dict.fromkeys(df.dataset))
@@ -185,6 +214,17 @@ def points_figure(df: pd.DataFrame, loaded: LoadedStudy, tracker: Tracker, path:
     return path
 
 
+def _method_note(s: Study) -> str:
+    """How the numbers were measured, for the report's header."""
+    if s.recipe == "ddpm":
+        return (f"test-set EMD over {s.eval.emd_n or 128} random points and Gaussian-kernel NLL (temperature 0.1), "
+                f"each averaged over {s.eval.runs or 3} sampling runs")
+    feats = ("Inception-v3 features (FID/KID)" if s.eval.extractor == "inception" else
+             "a classifier trained on the dataset (Frechet/kernel distances in its feature space, not FID/KID)")
+    return (f"image quality of n = {s.eval.n_samples} samples ({s.eval.sampler}, {s.eval.sampler_steps} steps) "
+            f"against the first n test images with {feats}")
+
+
 def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, results_dir: Path) -> list[Path]:
     """results/<study>/<profile>/: README.md with every substudy's table, <substudy>.csv/.tex, plots, points."""
     s = loaded.study
@@ -197,13 +237,12 @@ def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
     seeds = sorted({t.seed for t in trials})
     written: list[Path] = []
     sections = [f"# {s.name} ({loaded.profile} profile)", "", s.description.strip(), "",
-                f"Paper: {s.paper}. Ours: mean ± std over seeds {', '.join(map(str, seeds))}; test-set EMD over "
-                f"{s.eval.emd_n} random points and Gaussian-kernel NLL (temperature 0.1), each averaged over "
-                f"{s.eval.runs} sampling runs; profile `{loaded.profile}`.", "", provenance(trials, tracker), ""]
+                f"Paper: {s.paper}. Ours: mean ± std over seeds {', '.join(map(str, seeds))}; {_method_note(s)}; "
+                f"profile `{loaded.profile}`.", "", provenance(trials, tracker), ""]
     for name, part in loaded.parts:
         if df.empty or name not in set(df.substudy):
             continue
-        num, shown = substudy_table(df, name, list(part.datasets), metrics, paper)
+        num, shown = substudy_table(df, name, list(part.datasets), metrics, paper, s.eval.extractor)
         num.to_csv(out_dir / f"{name}.csv", index=False)
         (out_dir / f"{name}.tex").write_text(shown.to_latex(index=False, caption=f"{s.name}: {name}",
                                                             label=f"tab:{s.name}-{name}"))
@@ -211,10 +250,13 @@ def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
         desc = ", ".join(f"{k}" for k in part.axes) or "variants " + ", ".join(part.variants)
         sections += [f"## {name}", "", f"Varies {desc}; {part.train.get('epochs', '?')} epochs unless varied.", "",
                      _markdown(shown), ""]
+        reasons = sorted({v for c in num.columns if c.startswith("skipped_") for v in num[c].dropna()})
+        sections += [f"Skipped: {r}." for r in reasons] + ([""] if reasons else [])
         if name in s.table.plots:
             for m in metrics:
                 fig = metric_plot(df, name, s.table.plots[name], m, by_hash, paper, out_dir / f"{name}_{m}.png",
-                                  f"{s.name} [{loaded.profile}] {name}: mean ± sd over seeds; dashed: paper")
+                                  f"{s.name} [{loaded.profile}] {name}: mean ± sd over seeds; dashed: paper",
+                                  s.eval.extractor)
                 if fig:
                     written.append(fig)
                     sections += [f"![{name} {m}]({fig.name})", ""]

@@ -26,6 +26,11 @@ class TrialFailed(RuntimeError):
     """The recipe gave up on a trial (e.g. a non-finite loss); the message is the reason recorded in MLflow."""
 
 
+class TrialSkipped(RuntimeError):
+    """The trial's arm cannot run here (e.g. bitsandbytes without a GPU): recorded as finished, skipped, with the
+    reason, so the rest of the study goes on and a rerun does not retry it on the same kind of machine."""
+
+
 class TrialContext:
     """The recipe's view of its trial: config, paths, rank, reporting and checkpoints."""
 
@@ -126,6 +131,8 @@ def _run_recipe(config: dict[str, Any], report_fn, rank: int, world_size: int) -
         failure.unlink(missing_ok=True)
     try:
         fn(trial, ctx)
+    except TrialSkipped as e:
+        ctx.report(0, {}, tags={"harness.skipped": str(e)}, done=True)
     except Exception as e:
         if ctx.is_main:  # the reason the driver records in MLflow and the table
             failure.write_text(str(e) if isinstance(e, TrialFailed) else f"{type(e).__name__}: {e}")

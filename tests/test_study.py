@@ -187,3 +187,27 @@ def test_toy_ddpm_bad_settings_refused_before_training(tmp_path, setting, fragme
     assert res.returncode == 2, res.stdout + res.stderr
     assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1 and fragment in res.stderr, res.stderr
     assert not (results / "mlflow.db").exists()
+
+
+def test_mnist_compression_smoke_measures_every_arm_and_skips_bitsandbytes_on_cpu(tmp_path):
+    results = tmp_path / "results"
+    study = REPO / "studies" / "mnist_compression.yaml"
+    res = harness("study", str(study), "--profile", "smoke", "--results-dir", str(results))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    c = client(results)
+    exp = c.get_experiment_by_name("mnist_compression")
+    runs_ = {r.data.tags.get("harness.axis.train.quantize", r.data.tags["harness.config_hash"]): r
+             for r in c.search_runs([exp.experiment_id], "tags.`harness.kind` = 'trial'")}
+    assert len(runs_) == 6 and all(r.info.status == "FINISHED" for r in runs_.values())
+    skipped = runs_["bnb8"]
+    assert "CUDA" in skipped.data.tags["harness.skipped"] and "fd_classifier" not in skipped.data.metrics
+    measured = [r for r in runs_.values() if "harness.skipped" not in r.data.tags]
+    for r in measured:
+        for key in ("compressed_bytes", "params", "nonzero_params", "inference_ms_per_image", "nfe",
+                    "train_ms_per_epoch", "fd_classifier", "n_samples"):
+            assert key in r.data.metrics, key
+        assert "fid" not in r.data.metrics
+    pruned = [r for r in measured if r.data.metrics["nonzero_params"] < r.data.metrics["params"]]
+    assert len(pruned) == 2
+    readme = (results / "mnist_compression" / "smoke" / "README.md").read_text()
+    assert "Skipped: bitsandbytes" in readme and "L1 30 Global" in readme and "2 Groups" in readme

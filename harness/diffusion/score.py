@@ -19,19 +19,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from zoo.score_net import diffusion_coeff as _diffusion_coeff
+from zoo.score_net import marginal_prob_std as _marginal_prob_std
+
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 EPS = 1e-5  # the tutorial's smallest time: the score is singular at t = 0
 
 
-def marginal_prob_std(t: Tensor, sigma: float = 25.0) -> Tensor:
-    """std of p_0t(x(t) | x(0)) for the VE SDE."""
-    t = torch.as_tensor(t, dtype=torch.float32)
-    return torch.sqrt((sigma ** (2 * t) - 1.0) / (2.0 * math.log(sigma)))
+def marginal_prob_std(t: Tensor | float, sigma: float = 25.0) -> Tensor:
+    """std of p_0t(x(t) | x(0)) for the VE SDE (the score network's own formula, zoo.score_net)."""
+    return _marginal_prob_std(torch.as_tensor(t, dtype=torch.float32), sigma)
 
 
-def diffusion_coeff(t: Tensor, sigma: float = 25.0) -> Tensor:
+def diffusion_coeff(t: Tensor | float, sigma: float = 25.0) -> Tensor:
     """g(t) = sigma^t."""
-    return sigma ** torch.as_tensor(t, dtype=torch.float32)
+    return _diffusion_coeff(torch.as_tensor(t, dtype=torch.float32), sigma)
 
 
 def dsm_loss(score: ScoreFn, x: Tensor, sigma: float = 25.0, eps: float = EPS,

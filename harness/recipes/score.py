@@ -1,0 +1,115 @@
+"""The score-based (NCSN) recipe: Song's score-SDE tutorial on MNIST, then the compression study's measurements.
+
+Per epoch: shuffled batches of [0, 1] images (the tutorial's ToTensor scaling), denoising score matching with
+t ~ U(eps, 1), Adam, an optional EMA. After the last epoch: the trial's compression (pruning, int8 quantisation),
+sizes and parameter counts, inference time per image with the sampler's NFE, and image quality of n samples.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any
+
+import torch
+
+from harness.trial import TrialContext, TrialFailed
+
+
+def train_score(trial: dict[str, Any], ctx: TrialContext) -> None:
+    import zoo
+    from harness.data import TensorBatches, load_study_data
+    from harness.diffusion.edm import ema_update
+    from harness.diffusion.score import SAMPLERS, dsm_loss
+    from harness.recipes.measure import check_arm
+    from harness.recipes.score_config import ScoreTrain
+
+    cfg = ScoreTrain(**trial["train"])
+    ev = trial["eval"]
+    if ev["sampler"] not in SAMPLERS:
+        raise TrialFailed(f"eval.sampler {ev['sampler']!r} is not a score sampler; use one of {', '.join(SAMPLERS)}")
+    acc = ctx.accelerator(cfg.mixed_precision)
+    check_arm(cfg.quantize, str(acc.device))
+    seed = int(trial["seed"])
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    data = {**trial["data"], "root": str(ctx.data_root)}
+    train = load_study_data(trial["dataset"], data, "train")
+    test = load_study_data(trial["dataset"], data, "test")
+    model_cfg = zoo.get_family(trial["family"]).config_cls(**{
+        k: tuple(v) if isinstance(v, list) else v for k, v in trial["model"].items()})
+    model = zoo.build_from_config(trial["family"], model_cfg)
+    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay else None
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    batches = TensorBatches(train, cfg.batch_size, gen, device=acc.device, drop_last=False)
+
+    epoch = 0
+    state = ctx.load_checkpoint()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        batches.load_state_dict(state["batches"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        torch.set_rng_state(state["rng"])
+        epoch = int(state["epoch"])
+    model, opt = acc.prepare(model, opt)
+
+    while epoch < cfg.epochs:
+        model.train()
+        t0, total = time.perf_counter(), torch.zeros((), device=acc.device)
+        for _ in range(batches.batches_per_epoch):
+            x, _y = next(batches)
+            loss = dsm_loss(model, (x + 1) / 2, acc.unwrap_model(model).config.sigma, cfg.eps, gen)
+            opt.zero_grad(set_to_none=True)
+            acc.backward(loss)
+            opt.step()
+            if ema is not None:
+                ema_update(ema, acc.unwrap_model(model), cfg.ema_decay)
+            total += loss.detach()
+        epoch += 1
+        mean = float(total) / batches.batches_per_epoch
+        if not math.isfinite(mean):
+            raise TrialFailed(f"training loss became {mean} in epoch {epoch}")
+        metrics = {"loss": mean, "train_ms_per_epoch": (time.perf_counter() - t0) * 1000}
+        last = epoch == cfg.epochs
+        state = {"model": acc.unwrap_model(model).state_dict(), "opt": opt.state_dict(),
+                 "batches": batches.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch, "config": trial}
+        if ema is not None:
+            state["ema"] = ema.state_dict()
+        ctx.save_checkpoint(state, epoch)
+        artifacts, tags = [], {}
+        if last and ctx.is_main:
+            final = ema if ema is not None else acc.unwrap_model(model)
+            m, artifacts, tags = _finish(final, model_cfg, cfg, ev, train, test, ctx, seed)
+            metrics.update(m)
+        if epoch % cfg.log_every == 0 or last:
+            ctx.report(epoch, metrics, artifacts, tags=tags, done=last)
+
+
+def _finish(model, model_cfg, cfg, ev: dict[str, Any], train, test, ctx: TrialContext, seed: int):
+    """Compression, measurements and samples of the trained (or EMA) model."""
+    from torchvision.utils import save_image
+
+    from harness.data import to_uint8
+    from harness.diffusion.score import SAMPLERS
+    from harness.recipes.measure import compress, image_quality, inference_ms_per_image
+
+    model, metrics = compress(model.eval(), cfg, seed)
+    shape = (model_cfg.in_channels, model_cfg.input_size, model_cfg.input_size)
+    sampler = SAMPLERS[ev["sampler"]]
+    kwargs = {"steps": ev["sampler_steps"]} if ev["sampler"] != "ode" else {}
+
+    def sample(n: int, g: torch.Generator) -> tuple[torch.Tensor, int]:
+        x, nfe = sampler(model, n, shape, sigma=model_cfg.sigma, eps=cfg.sample_eps, generator=g, **kwargs)
+        return to_uint8(x.clamp(0, 1) * 2 - 1), nfe  # [0, 1] -> uint8, as the tutorial clamps
+
+    metrics.update(inference_ms_per_image(sample))
+    quality, tags, samples = image_quality(sample, ev, train, test, ctx, seed)
+    metrics.update(quality)
+    grid = ctx.run_dir / "samples" / "final.png"
+    grid.parent.mkdir(parents=True, exist_ok=True)
+    k = min(ev["grid"], len(samples))
+    save_image(samples[:k].float() / 255, grid, nrow=int(math.ceil(math.sqrt(k))))
+    return metrics, [str(grid)], tags

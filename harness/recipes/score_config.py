@@ -1,0 +1,67 @@
+"""The score-based (NCSN, VE SDE) recipe's config: Song's score-SDE tutorial as the MNIST compression report ran it
+(Adam 1e-4, batch 32, 50 epochs, sigma 25 in the model), plus the report's compression arms as keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from harness.recipes import Recipe, register_recipe
+
+
+@dataclass(frozen=True)
+class CompressionKeys:
+    """Post-training compression and EMA, shared by the compression study's recipes."""
+
+    ema_decay: float | None = None  # None: no EMA; the report's "+ EMA" arms set e.g. 0.995
+    prune_method: str | None = None  # random | l1 (harness.compression); None: no pruning
+    prune_amount: float = 0.0
+    prune_set: str = "global"  # global | middle | extremes
+    quantize: str = "none"  # none | int8_dynamic | bnb8 | bnb4
+
+    def _check_compression(self) -> None:
+        from harness.compression import MODULE_SETS, PRUNE_METHODS
+        from harness.recipes.measure import QUANTIZE
+
+        if self.prune_method is not None and self.prune_method not in PRUNE_METHODS:
+            raise ValueError(f"prune_method must be one of {', '.join(PRUNE_METHODS)}, got {self.prune_method!r}")
+        if not 0 <= self.prune_amount < 1:
+            raise ValueError(f"prune_amount must be a fraction in [0, 1), got {self.prune_amount}")
+        if self.prune_set not in MODULE_SETS:
+            raise ValueError(f"prune_set must be one of {', '.join(MODULE_SETS)}, got {self.prune_set!r}")
+        if self.quantize not in QUANTIZE:
+            raise ValueError(f"quantize must be one of {', '.join(QUANTIZE)}, got {self.quantize!r}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+
+
+@dataclass(frozen=True)
+class ScoreTrain(CompressionKeys):
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 1e-4
+    eps: float = 1e-5  # smallest training time (the score is singular at t = 0)
+    sample_eps: float = 1e-3  # where the samplers stop
+    log_every: int = 1  # epochs
+    mixed_precision: str = "no"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.log_every < 1:
+            raise ValueError("epochs, batch_size and log_every must be >= 1")
+        self._check_compression()
+
+
+def _model_overrides(model: dict, dataset: str, data: dict, train: dict | None = None) -> dict[str, Any]:
+    from harness.data import image_meta
+
+    c, h, _w, _k = image_meta(dataset, data)
+    return {"in_channels": c, "input_size": h, **model}
+
+
+register_recipe(Recipe(
+    name="score",
+    train_config=ScoreTrain,
+    trial_fn="harness.recipes.score:train_score",
+    model_overrides=_model_overrides,
+    description="VE-SDE denoising score matching (Song's tutorial) with EM, PC and ODE samplers; compression arms",
+))
