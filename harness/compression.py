@@ -79,8 +79,8 @@ def prune_model(model: nn.Module, method: str, amount: float, module_set: str = 
 
 
 def count_params(model: nn.Module) -> dict[str, int]:
-    """Trainable parameters (tied ones once) and how many of them are non-zero."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """Parameters (tied ones once; an EMA copy's count too, though it does not require grad) and the non-zeros."""
+    params = list(model.parameters())
     return {"params": sum(p.numel() for p in params), "nonzero_params": sum(int(p.count_nonzero()) for p in params)}
 
 

@@ -101,7 +101,7 @@ class StudyCallback(Callback):
         step = int(result.get("step", 0))
         metrics = result.get("metrics") or {}
         self.tracker.log_metrics(tr, step, metrics)
-        for path in result.get("artifacts") or []:
+        for path in (result.get("artifacts") or "").splitlines():
             p = Path(path)
             if p.exists():
                 self.tracker.log_artifact(tr.run_id, p, p.parent.name)

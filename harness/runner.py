@@ -267,7 +267,6 @@ def _quiet_ray() -> None:
     trials and return normally, so interrupted trials would look failed instead of resumable)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no TensorBoard/CSV/JSON loggers per trial
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 

@@ -228,6 +228,14 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
         merged = deep_merge(merged, dotted_to_nested(sets))
     where = str(path)
     study = _validated(merged, where)
+    # A part: the study < its substudy entry < the profile < the profile's entry for the part < --set. A part's
+    # axes replace the study's (they are its question); the profile and --set never touch axes of parts they do
+    # not name.
+    prof = profiles.get(profile) or {}
+    prof_parts = prof.get("substudies") or {}
+    global_over = [{k: v for k, v in prof.items() if k not in ("substudies", "axes")},
+                   {k: v for k, v in dotted_to_nested(sets or {}).items() if k != "axes"}]
+    base = {k: v for k, v in raw.items() if k not in ("substudies", "profiles")}
     parts: list[tuple[str, Study]] = []
     for name, over in study.substudies.items():
         if not isinstance(over, dict):
@@ -235,12 +243,16 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
         bad = sorted(set(over) & {"name", "profiles", "substudies", "default_profile", "resources"})
         if bad:
             raise SpecError(f"{where}: substudies.{name} cannot set {bad[0]!r} (set it for the whole study)")
-        base = {k: v for k, v in merged.items() if k != "substudies"}
-        part = deep_merge(base, over)
-        if "axes" in over:  # a part's axes replace the study's, they are its question
-            part["axes"] = over["axes"]
-        if sets:  # the command line stays the last word
-            part = deep_merge(part, {k: v for k, v in dotted_to_nested(sets).items() if k != "axes"})
+        raw_over = (raw.get("substudies") or {}).get(name) or {}
+        part = deep_merge(base, raw_over)
+        if "axes" in raw_over:
+            part["axes"] = raw_over["axes"]
+        part = deep_merge(part, global_over[0])
+        own = prof_parts.get(name) or {}
+        part = deep_merge(part, own)
+        if "axes" in own:
+            part["axes"] = own["axes"]
+        part = deep_merge(part, global_over[1])
         parts.append((name, _validated(part, f"{where}: substudies.{name}")))
     return LoadedStudy(study, path, profile, merged, tuple(parts) or (("", study),))
 

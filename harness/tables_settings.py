@@ -7,6 +7,7 @@ optionally a metric-versus-setting plot. A figure of generated against real poin
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import tempfile
@@ -63,15 +64,18 @@ def setting_of(t: Trial, part: Study) -> str:
     if not part.axes:
         return t.variant
     items = [(k, _resolved(t, k)) for key in part.axes for k in key.split("+")]
-    if len(items) == 1:
-        return _fmt(items[0][1])
-    return " ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in items)
+    raw = _fmt(items[0][1]) if len(items) == 1 else " ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in items)
+    return f"{t.variant} {raw}" if len(part.variants) > 1 else raw
 
 
 def _position(raw: str, part: Study) -> int:
     """Where a setting stands in its substudy as written (axes values in grid order, or the variants' order)."""
     if not part.axes:
         return part.variants.index(raw) if raw in part.variants else len(part.variants)
+    if len(part.variants) > 1:
+        variant, _, raw = raw.partition(" ")
+        offset = part.variants.index(variant) if variant in part.variants else len(part.variants)
+        return offset * 10_000 + _position(raw, dataclasses.replace(part, variants=(variant,)))
     keys = [k for key in part.axes for k in key.split("+")]
     combos = [sum(([v] if "+" not in key else list(v) for key, v in zip(part.axes, combo)), [])
               for combo in itertools.product(*part.axes.values())]

@@ -83,7 +83,8 @@ class TrialContext:
                tags: dict[str, str] | None = None, done: bool = False):
         """Send metrics (and artifact paths) for ``step`` to the driver. Every rank must call it the same number of
         times: under Ray Train V2 ``report`` is a barrier, and only rank 0's metrics are used."""
-        payload = {"step": int(step), "metrics": dict(metrics), "artifacts": list(artifacts or []),
+        # Artifact paths travel as one string: Tune's TensorBoard logger warns on lists, ignores strings.
+        payload = {"step": int(step), "metrics": dict(metrics), "artifacts": "\n".join(artifacts or []),
                    "tags": dict(tags or {}), "final": done}
         self._report_fn(payload)
 

@@ -64,4 +64,4 @@ def recipe_names() -> list[str]:
 def _load_builtin() -> None:
     # Each recipe's config module registers itself; imported here, not at package import, to keep `harness --help`
     # free of torch imports.
-    from harness.recipes import ddpm_config, edm_config, score_config  # noqa: F401
+    from harness.recipes import ddpm_config, ddpm_image_config, edm_config, score_config  # noqa: F401

@@ -1,0 +1,129 @@
+"""The class-conditional image DDPM recipe (dome272's conditional training loop), then the compression study's
+measurements: per epoch, shuffled [-1, 1] batches, t uniform on {0..T-1}, the noise MSE with the labels dropped for
+the whole batch with probability 0.1, AdamW, and the EMA copy; after the last epoch, compression, sizes, inference
+time per image with its NFE (2 per step with guidance), and the quality of n guided samples."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any
+
+import torch
+
+from harness.trial import TrialContext, TrialFailed
+
+
+def train_ddpm_image(trial: dict[str, Any], ctx: TrialContext) -> None:
+    import zoo
+    from harness.data import TensorBatches, load_study_data
+    from harness.diffusion.ddpm import DDPM
+    from harness.diffusion.edm import ema_update
+    from harness.recipes.ddpm_image_config import DDPMImageTrain
+    from harness.recipes.measure import check_arm
+
+    cfg = DDPMImageTrain(**trial["train"])
+    acc = ctx.accelerator(cfg.mixed_precision)
+    check_arm(cfg.quantize, str(acc.device))
+    seed = int(trial["seed"])
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    data = {**trial["data"], "root": str(ctx.data_root)}
+    train = load_study_data(trial["dataset"], data, "train")
+    test = load_study_data(trial["dataset"], data, "test")
+    model_cfg = zoo.get_family(trial["family"]).config_cls(**{
+        k: tuple(v) if isinstance(v, list) else v for k, v in trial["model"].items()})
+    model = zoo.build_from_config(trial["family"], model_cfg)
+    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay else None
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    ddpm = DDPM(cfg.T, cfg.schedule, cfg.lbeta, cfg.ubeta)
+    batches = TensorBatches(train, cfg.batch_size, gen, device=acc.device, drop_last=False)
+
+    epoch, step = 0, 0
+    state = ctx.load_checkpoint()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        batches.load_state_dict(state["batches"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        torch.set_rng_state(state["rng"])
+        epoch, step = int(state["epoch"]), int(state["step"])
+    model, opt = acc.prepare(model, opt)
+
+    while epoch < cfg.epochs:
+        model.train()
+        t0, total = time.perf_counter(), torch.zeros((), device=acc.device)
+        for _ in range(batches.batches_per_epoch):
+            x, y = next(batches)
+            if model_cfg.num_classes == 0 or float(torch.rand((), generator=gen)) < cfg.label_dropout:
+                y = None  # unconditional batch: what guidance subtracts at sampling time
+
+            def eps(x_t, t, y=y):
+                return model(x_t, t, y)
+
+            loss = ddpm.loss(eps, x, generator=gen)
+            opt.zero_grad(set_to_none=True)
+            acc.backward(loss)
+            opt.step()
+            if ema is not None:
+                if step < cfg.ema_start:
+                    ema.load_state_dict(acc.unwrap_model(model).state_dict())
+                else:
+                    ema_update(ema, acc.unwrap_model(model), cfg.ema_decay)
+            total += loss.detach()
+            step += 1
+        epoch += 1
+        mean = float(total) / batches.batches_per_epoch
+        if not math.isfinite(mean):
+            raise TrialFailed(f"training loss became {mean} in epoch {epoch}")
+        metrics = {"loss": mean, "train_ms_per_epoch": (time.perf_counter() - t0) * 1000}
+        last = epoch == cfg.epochs
+        state = {"model": acc.unwrap_model(model).state_dict(), "opt": opt.state_dict(),
+                 "batches": batches.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch, "step": step,
+                 "config": trial}
+        if ema is not None:
+            state["ema"] = ema.state_dict()
+        ctx.save_checkpoint(state, epoch)
+        artifacts, tags = [], {}
+        if last and ctx.is_main:
+            final = ema if ema is not None else acc.unwrap_model(model)
+            m, artifacts, tags = _finish(final, model_cfg, cfg, ddpm, trial["eval"], train, test, ctx, seed)
+            metrics.update(m)
+        if epoch % cfg.log_every == 0 or last:
+            ctx.report(epoch, metrics, artifacts, tags=tags, done=last)
+
+
+def _finish(model, model_cfg, cfg, ddpm, ev: dict[str, Any], train, test, ctx: TrialContext, seed: int):
+    """Compression, measurements and guided samples of the trained (or EMA) model."""
+    from torchvision.utils import save_image
+
+    from harness.data import to_uint8
+    from harness.recipes.measure import compress, image_quality, inference_ms_per_image
+
+    model, metrics = compress(model.eval(), cfg, seed)
+    shape = (model_cfg.in_channels, model_cfg.input_size, model_cfg.input_size)
+    k = model_cfg.num_classes
+
+    def sample(n: int, g: torch.Generator) -> tuple[torch.Tensor, int]:
+        y = torch.randint(0, k, (n,), generator=g) if k else None
+        guided = k and cfg.cfg_scale > 0
+
+        def eps(x, t):
+            cond = model(x, t, y)
+            if not guided:
+                return cond
+            return torch.lerp(model(x, t, None), cond, cfg.cfg_scale)  # upstream's guidance: u + w (c - u)
+
+        x = ddpm.sample(eps, n, shape, generator=g, device="cpu")
+        return to_uint8(x.clamp(-1, 1)), ddpm.T * (2 if guided else 1)
+
+    metrics.update(inference_ms_per_image(sample, batch=2, repeats=1))
+    quality, tags, samples = image_quality(sample, ev, train, test, ctx, seed)
+    metrics.update(quality)
+    grid = ctx.run_dir / "samples" / "final.png"
+    grid.parent.mkdir(parents=True, exist_ok=True)
+    n = min(ev["grid"], len(samples))
+    save_image(samples[:n].float() / 255, grid, nrow=int(math.ceil(math.sqrt(n))))
+    return metrics, [str(grid)], tags
