@@ -85,6 +85,7 @@ class TableSpec:
     metric: str = "fid"  # best_checkpoint: picks the checkpoint (lower is better); settings: the plotted metric
     labels: dict[str, str] = field(default_factory=dict)  # settings: a setting's value -> the paper's row label
     plots: dict[str, str] = field(default_factory=dict)  # settings: substudy -> x axis ("train.epochs", "depth")
+    scatter: tuple[str, ...] = ()  # settings: (x metric, y metric) over every trial, e.g. (size, fid)
 
 
 @dataclass(frozen=True)

@@ -183,6 +183,40 @@ def metric_plot(df: pd.DataFrame, name: str, x_key: str, metric: str, trials: di
     return path
 
 
+def scatter_plot(df: pd.DataFrame, x: str, y: str, extractor: str, paper: pd.DataFrame | None, path: Path,
+                 caption: str) -> Path | None:
+    """Every measured trial as a point (e.g. compressed size against quality), coloured by substudy, with the
+    paper's arms as crosses where it reports both quantities."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    (xl, xk), (yl, yk) = metric_spec(x, extractor), metric_spec(y, extractor)
+    if df.empty or xk not in df or yk not in df:
+        return None
+    data = df.dropna(subset=[xk, yk])
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    sns.scatterplot(data=data, x=xk, y=yk, hue="substudy", style="dataset", s=60, ax=ax)
+    for _, r in data.drop_duplicates(["substudy", "setting"]).iterrows():
+        ax.annotate(r.setting, (r[xk], r[yk]), fontsize=5, alpha=0.7)
+    comparable = extractor != "classifier" or y not in CLASSIFIER_METRICS
+    if paper is not None and comparable:
+        for ds in data.dataset.unique():
+            cols = [f"{x}_{ds}", f"{y}_{ds}"]
+            if all(c in paper for c in cols):
+                p = paper.dropna(subset=cols)
+                ax.scatter(p[cols[0]], p[cols[1]], marker="x", color="grey", label=f"paper ({ds})")
+    ax.set_xlabel(xl)
+    ax.set_ylabel(yl)
+    ax.legend(fontsize=6)
+    fig.text(0.01, -0.02, textwrap.fill(caption, 120), fontsize=6, ha="left", va="top")
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def points_figure(df: pd.DataFrame, loaded: LoadedStudy, tracker: Tracker, path: Path) -> Path | None:
     """Generated against real test points (normalised space) for the best trial (lowest EMD) of each dataset."""
     import matplotlib
@@ -264,6 +298,14 @@ def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
                 if fig:
                     written.append(fig)
                     sections += [f"![{name} {m}]({fig.name})", ""]
+    if len(s.table.scatter) == 2:
+        x, y = s.table.scatter
+        fig = scatter_plot(df, x, y, s.eval.extractor, paper, out_dir / f"{x}_vs_{y}.png",
+                           f"{s.name} [{loaded.profile}]: every trial; crosses: the paper's arms")
+        if fig:
+            written.append(fig)
+            sections += [f"## {metric_spec(x, s.eval.extractor)[0]} against {metric_spec(y, s.eval.extractor)[0]}",
+                         "", f"![scatter]({fig.name})", ""]
     fig = points_figure(df, loaded, tracker, out_dir / "points.png")
     if fig:
         written.append(fig)
