@@ -34,6 +34,30 @@ class Recipe:
         return _resolve(self.data_loader)
 
 
+def trial_model(trial: dict[str, Any]) -> tuple[Any, Any]:
+    """(module, frozen config) of a trial's resolved zoo config (lists from the config dict back to tuples)."""
+    import zoo
+
+    family = zoo.get_family(trial["family"])
+    cfg = family.config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in trial["model"].items()})
+    return family.build(cfg), cfg
+
+
+def restore(state: dict[str, Any] | None, **parts: Any) -> dict[str, Any]:
+    """Load a checkpoint into the named parts (anything with load_state_dict; None parts are skipped) and the
+    torch RNG; returns the checkpoint's remaining entries (step, epoch, ...), or {} when starting fresh."""
+    import torch
+
+    if state is None:
+        return {}
+    for name, part in parts.items():
+        if part is not None:
+            part.load_state_dict(state[name])
+    if "rng" in state and isinstance(state["rng"], torch.Tensor):
+        torch.set_rng_state(state["rng"])
+    return {k: v for k, v in state.items() if k not in parts and k != "rng"}
+
+
 def _resolve(path: str) -> Callable[..., Any]:
     module, _, fn = path.partition(":")
     return getattr(importlib.import_module(module), fn)

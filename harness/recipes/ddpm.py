@@ -19,9 +19,9 @@ from harness.trial import TrialContext, TrialFailed
 
 
 def train_ddpm(trial: dict[str, Any], ctx: TrialContext) -> None:
-    import zoo
     from harness.diffusion.ddpm import DDPM
     from harness.points import load_study_points
+    from harness.recipes import trial_model
     from harness.recipes.ddpm_config import DDPMTrain
 
     cfg = DDPMTrain(**trial["train"])
@@ -33,9 +33,7 @@ def train_ddpm(trial: dict[str, Any], ctx: TrialContext) -> None:
     data = {**trial["data"], "root": str(ctx.data_root)}
     train = load_study_points(trial["dataset"], data, "train")
     test = load_study_points(trial["dataset"], data, "test")
-    model_cfg = zoo.get_family(trial["family"]).config_cls(**{
-        k: tuple(v) if isinstance(v, list) else v for k, v in trial["model"].items()})
-    model = zoo.build_from_config(trial["family"], model_cfg)
+    model, _ = trial_model(trial)
     opt = torch.optim.Adam(model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr)
     ddpm = DDPM(cfg.T, cfg.schedule, cfg.lbeta, cfg.ubeta)
 

@@ -16,10 +16,10 @@ from harness.trial import TrialContext, TrialFailed
 
 
 def train_ddpm_image(trial: dict[str, Any], ctx: TrialContext) -> None:
-    import zoo
     from harness.data import TensorBatches, load_study_data
     from harness.diffusion.ddpm import DDPM
     from harness.diffusion.edm import ema_update
+    from harness.recipes import restore, trial_model
     from harness.recipes.ddpm_image_config import DDPMImageTrain
     from harness.recipes.measure import check_arm
 
@@ -32,24 +32,14 @@ def train_ddpm_image(trial: dict[str, Any], ctx: TrialContext) -> None:
     data = {**trial["data"], "root": str(ctx.data_root)}
     train = load_study_data(trial["dataset"], data, "train")
     test = load_study_data(trial["dataset"], data, "test")
-    model_cfg = zoo.get_family(trial["family"]).config_cls(**{
-        k: tuple(v) if isinstance(v, list) else v for k, v in trial["model"].items()})
-    model = zoo.build_from_config(trial["family"], model_cfg)
+    model, model_cfg = trial_model(trial)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     ddpm = DDPM(cfg.T, cfg.schedule, cfg.lbeta, cfg.ubeta)
     batches = TensorBatches(train, cfg.batch_size, gen, device=acc.device, drop_last=False)
 
-    epoch, step = 0, 0
-    state = ctx.load_checkpoint()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        batches.load_state_dict(state["batches"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        torch.set_rng_state(state["rng"])
-        epoch, step = int(state["epoch"]), int(state["step"])
+    rest = restore(ctx.load_checkpoint(), model=model, opt=opt, batches=batches, ema=ema)
+    epoch, step = int(rest.get("epoch", 0)), int(rest.get("step", 0))
     model, opt = acc.prepare(model, opt)
 
     while epoch < cfg.epochs:

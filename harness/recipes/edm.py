@@ -59,10 +59,10 @@ def _rng_state(gen: torch.Generator) -> dict[str, Any]:
 
 def train_edm(trial: dict[str, Any], ctx: TrialContext) -> None:
     """Train one block-sharing (or any EDM-preconditioned) model; see the module docstring."""
-    import zoo
     from harness.data import TensorBatches
     from harness.diffusion.augment import KarrasAugment
     from harness.diffusion.edm import dropout_classes, ema_decay, ema_update, sample_sigmas_train
+    from harness.recipes import trial_model
     from harness.recipes.edm_config import EDMTrain
 
     cfg = EDMTrain(**{k: tuple(v) if isinstance(v, list) else v for k, v in trial["train"].items()})
@@ -72,9 +72,7 @@ def train_edm(trial: dict[str, Any], ctx: TrialContext) -> None:
     gen = torch.Generator().manual_seed(seed * 1000 + ctx.rank)  # batches, sigmas, augmentation, dropout
 
     train = _load_data(trial, ctx, "train")
-    model_cfg = zoo.get_family(trial["family"]).config_cls(**{
-        k: tuple(v) if isinstance(v, list) else v for k, v in trial["model"].items()})
-    model = zoo.build_from_config(trial["family"], model_cfg)
+    model, model_cfg = trial_model(trial)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     per_worker = max(1, cfg.batch_size // ctx.world_size)  # the global batch is split across workers

@@ -18,10 +18,10 @@ from harness.trial import TrialContext, TrialFailed
 
 
 def train_score(trial: dict[str, Any], ctx: TrialContext) -> None:
-    import zoo
     from harness.data import TensorBatches, load_study_data
     from harness.diffusion.edm import ema_update
     from harness.diffusion.score import SAMPLERS, dsm_loss
+    from harness.recipes import restore, trial_model
     from harness.recipes.measure import check_arm
     from harness.recipes.score_config import ScoreTrain
 
@@ -37,23 +37,12 @@ def train_score(trial: dict[str, Any], ctx: TrialContext) -> None:
     data = {**trial["data"], "root": str(ctx.data_root)}
     train = load_study_data(trial["dataset"], data, "train")
     test = load_study_data(trial["dataset"], data, "test")
-    model_cfg = zoo.get_family(trial["family"]).config_cls(**{
-        k: tuple(v) if isinstance(v, list) else v for k, v in trial["model"].items()})
-    model = zoo.build_from_config(trial["family"], model_cfg)
+    model, model_cfg = trial_model(trial)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay else None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     batches = TensorBatches(train, cfg.batch_size, gen, device=acc.device, drop_last=False)
 
-    epoch = 0
-    state = ctx.load_checkpoint()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        batches.load_state_dict(state["batches"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        torch.set_rng_state(state["rng"])
-        epoch = int(state["epoch"])
+    epoch = int(restore(ctx.load_checkpoint(), model=model, opt=opt, batches=batches, ema=ema).get("epoch", 0))
     model, opt = acc.prepare(model, opt)
 
     while epoch < cfg.epochs:
