@@ -252,15 +252,25 @@ def points_figure(df: pd.DataFrame, loaded: LoadedStudy, tracker: Tracker, path:
     return path
 
 
-def _method_note(s: Study) -> str:
-    """How the numbers were measured, for the report's header."""
+def _method_note(s: Study, sources: list[str]) -> str:
+    """How the numbers were measured (and on which data files), for the report's header."""
     if s.recipe == "ddpm":
         return (f"test-set EMD over {s.eval.emd_n or 128} random points and Gaussian-kernel NLL (temperature 0.1), "
-                f"each averaged over {s.eval.runs or 3} sampling runs")
+                f"each averaged over {s.eval.runs or 3} sampling runs; data: {'; '.join(sources)}")
     feats = ("Inception-v3 features (FID/KID)" if s.eval.extractor == "inception" else
              "a classifier trained on the dataset (Frechet/kernel distances in its feature space, not FID/KID)")
     return (f"image quality of n = {s.eval.n_samples} samples ({s.eval.sampler}, {s.eval.sampler_steps} steps) "
             f"against the first n test images with {feats}")
+
+
+def _data_sources(loaded: LoadedStudy) -> list[str]:
+    """Where each dataset came from (a file, or generated): the config hash does not cover the data location."""
+    from harness.recipes import get_recipe
+
+    load = get_recipe(loaded.study.recipe).load_data_fn()
+    data = {**dataclasses.asdict(loaded.study.data), "root": str(loaded.data_root())}
+    names = dict.fromkeys(d for _, part in loaded.parts for d in part.datasets)
+    return [f"{name} from {load(name, data, 'train').source}" for name in names]
 
 
 def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, results_dir: Path) -> list[Path]:
@@ -275,7 +285,8 @@ def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
     seeds = sorted({t.seed for t in trials})
     written: list[Path] = []
     sections = [f"# {s.name} ({loaded.profile} profile)", "", s.description.strip(), "",
-                f"Paper: {s.paper}. Ours: mean ± std over seeds {', '.join(map(str, seeds))}; {_method_note(s)}; "
+                f"Paper: {s.paper}. Ours: mean ± std over seeds {', '.join(map(str, seeds))}; "
+                f"{_method_note(s, _data_sources(loaded))}; "
                 f"profile `{loaded.profile}`.", "", provenance(trials, tracker), ""]
     for name, part in loaded.parts:
         if df.empty or name not in set(df.substudy):
