@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.registry import Family, register, register_family
+from zoo.registry import Family, decay_param_groups, register, register_family
 from zoo.score_net import GROUPS_MAX, check_groups, resolve_groups
 
 FAMILY = "ddpm_unet"
@@ -245,11 +245,7 @@ class DDPMUNet(nn.Module):
         """Two AdamW groups: conv, Linear, attention-projection and label-embedding weights with ``weight_decay``,
         biases and norm affines without (nanoGPT's rule: decay tensors of dim >= 2). Upstream passes
         ``model.parameters()`` to AdamW(lr 3e-4), decaying everything by the default 0.01."""
-        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
-        groups = [{"params": decay, "lr": base_lr, "weight_decay": weight_decay, "name": "decay"},
-                  {"params": no_decay, "lr": base_lr, "weight_decay": 0.0, "name": "no_decay"}]
-        return [g for g in groups if g["params"]]
+        return decay_param_groups(self, base_lr, weight_decay)
 
     def summary_fields(self) -> dict:
         cfg = self.config

@@ -114,6 +114,16 @@ def entry(name: str) -> Entry:
     raise ZooError(f"unknown zoo name {name!r}{hint}{forms}")
 
 
+def decay_param_groups(model: nn.Module, base_lr: float, weight_decay: float) -> list[dict]:
+    """Two AdamW groups by nanoGPT's rule: tensors of dim >= 2 (matmul and conv weights, embeddings) decay,
+    biases and norm affines do not; empty groups are dropped."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "lr": base_lr, "weight_decay": weight_decay,
+               "name": "decay"},
+              {"params": [p for p in params if p.dim() < 2], "lr": base_lr, "weight_decay": 0.0, "name": "no_decay"}]
+    return [g for g in groups if g["params"]]
+
+
 def family_of(name: str) -> Family:
     return _FAMILIES[entry(name).family]
 

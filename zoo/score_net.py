@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from zoo.registry import Family, register, register_family
+from zoo.registry import Family, decay_param_groups, register, register_family
 
 FAMILY = "score_net"
 GROUPS_MAX = "max"
@@ -244,11 +244,7 @@ class ScoreNet(nn.Module):
     def param_groups(self, base_lr: float, weight_decay: float) -> list[dict]:
         """Two groups: conv and Linear weights with ``weight_decay``, biases and GroupNorm affines without
         (nanoGPT's rule: decay tensors of dim >= 2). The tutorial trains with Adam at lr 1e-4 and no decay."""
-        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
-        groups = [{"params": decay, "lr": base_lr, "weight_decay": weight_decay, "name": "decay"},
-                  {"params": no_decay, "lr": base_lr, "weight_decay": 0.0, "name": "no_decay"}]
-        return [g for g in groups if g["params"]]
+        return decay_param_groups(self, base_lr, weight_decay)
 
     def summary_fields(self) -> dict:
         cfg = self.config

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from zoo.registry import Family, ZooError, register, register_family
+from zoo.registry import Family, ZooError, decay_param_groups, register, register_family
 
 FAMILY = "toy_mlp"
 PREFIX = "toy-mlp-"
@@ -130,11 +130,7 @@ class ToyMLP(nn.Module):
     def param_groups(self, base_lr: float, weight_decay: float) -> list[dict]:
         """Two AdamW groups: Linear weights with ``weight_decay``, biases without (nanoGPT's rule: decay only
         tensors of dim >= 2). With Adam and weight_decay = 0, as in the homework, they are equivalent to one."""
-        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
-        groups = [{"params": decay, "lr": base_lr, "weight_decay": weight_decay, "name": "decay"},
-                  {"params": no_decay, "lr": base_lr, "weight_decay": 0.0, "name": "no_decay"}]
-        return [g for g in groups if g["params"]]
+        return decay_param_groups(self, base_lr, weight_decay)
 
     def summary_fields(self) -> dict:
         return {"depth": len(self.config.hidden), "widths": self.config.widths}
