@@ -189,7 +189,9 @@ def ui(port, host, tracking_uri, results_dir) -> None:
 
     rdir = Path(results_dir or "results").resolve()
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(rdir)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+    from harness.runner import store_exists
+
+    if not store_exists(uri):
         raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}; run a study first or pass --results-dir")
     click.echo(f"MLflow UI for {uri} at http://{host}:{port}")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]

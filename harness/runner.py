@@ -122,7 +122,7 @@ def run_study(
     rdir = results_dir_for(loaded, results_dir)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(rdir)
     if dry_run:
-        tracker = Tracker(uri, s.name, rdir / "mlartifacts") if _store_exists(uri) else None
+        tracker = Tracker(uri, s.name, rdir / "mlartifacts") if store_exists(uri) else None
         plan = plan_study(loaded, tracker)
         echo(f"study {s.name} [profile {loaded.profile}]: {len(trials)} trials")
         echo(trial_table(plan))
@@ -143,7 +143,7 @@ def run_study(
     return plan
 
 
-def _store_exists(uri: str) -> bool:
+def store_exists(uri: str) -> bool:
     return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).exists()
 
 
@@ -293,7 +293,7 @@ def write_tables(path, profile=None, sets=None, tracking_uri=None, results_dir=N
     trials = expand_trials(loaded)
     rdir = results_dir_for(loaded, results_dir)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(rdir)
-    if not _store_exists(uri):
+    if not store_exists(uri):
         raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}; run `harness study {path}` first")
     written = write_study_tables(loaded, trials, Tracker(uri, loaded.study.name, rdir / "mlartifacts"), rdir)
     for w in written:

@@ -87,10 +87,8 @@ def train_ddpm_image(trial: dict[str, Any], ctx: TrialContext) -> None:
 
 def _finish(model, model_cfg, cfg, ddpm, ev: dict[str, Any], train, test, ctx: TrialContext, seed: int):
     """Compression, measurements and guided samples of the trained (or EMA) model."""
-    from torchvision.utils import save_image
-
     from harness.data import to_uint8
-    from harness.recipes.measure import compress, image_quality, inference_ms_per_image
+    from harness.recipes.measure import compress, image_quality, inference_ms_per_image, save_grid
 
     model, metrics = compress(model.eval(), cfg, seed)
     shape = (model_cfg.in_channels, model_cfg.input_size, model_cfg.input_size)
@@ -112,8 +110,4 @@ def _finish(model, model_cfg, cfg, ddpm, ev: dict[str, Any], train, test, ctx: T
     metrics.update(inference_ms_per_image(sample, batch=2, repeats=1))
     quality, tags, samples = image_quality(sample, ev, train, test, ctx, seed)
     metrics.update(quality)
-    grid = ctx.run_dir / "samples" / "final.png"
-    grid.parent.mkdir(parents=True, exist_ok=True)
-    n = min(ev["grid"], len(samples))
-    save_image(samples[:n].float() / 255, grid, nrow=int(math.ceil(math.sqrt(n))))
-    return metrics, [str(grid)], tags
+    return metrics, [save_grid(samples, ctx, ev["grid"])], tags

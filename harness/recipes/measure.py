@@ -54,6 +54,19 @@ def inference_ms_per_image(sample: SampleFn, batch: int = 4, repeats: int = 3) -
     return {"inference_ms_per_image": ms / batch, "nfe": float(nfe["n"])}
 
 
+def save_grid(samples: torch.Tensor, ctx: TrialContext, k: int) -> str:
+    """The first k uint8 samples as a square-ish grid PNG in the trial's samples folder; returns its path."""
+    import math
+
+    from torchvision.utils import save_image
+
+    path = ctx.run_dir / "samples" / "final.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    k = min(k, len(samples))
+    save_image(samples[:k].float() / 255, path, nrow=int(math.ceil(math.sqrt(k))))
+    return str(path)
+
+
 def image_quality(sample: SampleFn, ev: dict[str, Any], train, test, ctx: TrialContext, seed: int):
     """n generated images against the first n test images: FID/KID (Inception) or the classifier distances."""
     from harness.metrics import image_distance, train_classifier_extractor

@@ -79,11 +79,9 @@ def train_score(trial: dict[str, Any], ctx: TrialContext) -> None:
 
 def _finish(model, model_cfg, cfg, ev: dict[str, Any], train, test, ctx: TrialContext, seed: int):
     """Compression, measurements and samples of the trained (or EMA) model."""
-    from torchvision.utils import save_image
-
     from harness.data import to_uint8
     from harness.diffusion.score import SAMPLERS
-    from harness.recipes.measure import compress, image_quality, inference_ms_per_image
+    from harness.recipes.measure import compress, image_quality, inference_ms_per_image, save_grid
 
     model, metrics = compress(model.eval(), cfg, seed)
     shape = (model_cfg.in_channels, model_cfg.input_size, model_cfg.input_size)
@@ -97,8 +95,4 @@ def _finish(model, model_cfg, cfg, ev: dict[str, Any], train, test, ctx: TrialCo
     metrics.update(inference_ms_per_image(sample))
     quality, tags, samples = image_quality(sample, ev, train, test, ctx, seed)
     metrics.update(quality)
-    grid = ctx.run_dir / "samples" / "final.png"
-    grid.parent.mkdir(parents=True, exist_ok=True)
-    k = min(ev["grid"], len(samples))
-    save_image(samples[:k].float() / 255, grid, nrow=int(math.ceil(math.sqrt(k))))
-    return metrics, [str(grid)], tags
+    return metrics, [save_grid(samples, ctx, ev["grid"])], tags
