@@ -84,11 +84,12 @@ def trial_table(plan: Plan) -> str:
             "axes": " ".join(f"{k.split('.')[-1] if '+' not in k else k}={v}" for k, v in t.axes.items()),
             "seed": t.seed, "params": t.params, "gflops": t.gflops,
             "steps": t.train.get("steps") or t.train.get("epochs"),
-            "hash": t.config_hash, "done": {"done": "yes", "failed": "FAILED", "resume": "partial"}.get(
-                plan.state[t.config_hash], "no"),
+            "hash": t.config_hash, "trained_in": t.train_hash,
+            "done": {"done": "yes", "failed": "FAILED", "resume": "partial"}.get(plan.state[t.config_hash], "no"),
         })
     cols = ["variant", "dataset", *(["substudies"] if parts else []), "axes", "seed", "params", "gflops",
-            "steps" if not any("epochs" in t.train for t in plan.trials) else "epochs", "hash", "done"]
+            "steps" if not any("epochs" in t.train for t in plan.trials) else "epochs", "hash",
+            *(["trained_in"] if any(t.train_hash for t in plan.trials) else []), "done"]
     for r in rows:
         r["epochs"] = r["steps"]
     return format_table(rows, cols)
@@ -165,6 +166,7 @@ def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, add
     parent = tracker.start_parent(s.name, loaded.profile, common_tags, yaml.safe_dump(loaded.raw, sort_keys=False))
     runs: dict[str, TrialRun] = {}
     configs = []
+    todo = schedule_order(todo)
     for t in todo:
         h = t.config_hash
         if plan.state[h] == "resume":
@@ -228,15 +230,32 @@ def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, add
     progress.summary()
 
 
+def schedule_order(todo: list[Trial]) -> list[Trial]:
+    """The order trials are handed to Tune: one trial per shared trained model first (so trials running side by
+    side train different models instead of waiting on each other's lock), each group longest first (estimated
+    as GFLOPs x steps or epochs), so the long poles start early."""
+    seen: set[str] = set()
+    first = []
+    for t in todo:
+        first.append(not t.train_hash or t.train_hash not in seen)
+        seen.add(t.train_hash)
+    cost = [t.gflops * float(t.train.get("steps") or t.train.get("epochs") or 1) for t in todo]
+    order = sorted(range(len(todo)), key=lambda i: (not first[i], -cost[i], i))
+    return [todo[i] for i in order]
+
+
 def _trial_config(t: Trial, loaded: LoadedStudy, rdir: Path) -> dict[str, Any]:
     run_dir = rdir / "runs" / loaded.study.name / t.config_hash
+    # Trials sharing a trained model keep its checkpoints in one place (a lock decides who trains it).
+    train_dir = rdir / "runs" / loaded.study.name / "trained" / t.train_hash if t.train_hash else run_dir
     return {
-        "trial": {**t.resolved(), "axes": t.axes, "study": t.study, "config_hash": t.config_hash},
+        "trial": {**t.resolved(), "axes": t.axes, "study": t.study, "config_hash": t.config_hash,
+                  "train_hash": t.train_hash},
         "trial_hash": t.config_hash,
         "resources": dataclasses.asdict(loaded.study.resources),
         "paths": {  # absolute: Tune changes each trial's working directory (DESIGN pitfall 3)
-            "run_dir": str(run_dir), "cache_dir": str(rdir / "cache"), "data_root": str(loaded.data_root()),
-            "ray_storage": str(rdir / "ray"),
+            "run_dir": str(run_dir), "train_dir": str(train_dir), "cache_dir": str(rdir / "cache"),
+            "data_root": str(loaded.data_root()), "ray_storage": str(rdir / "ray"),
         },
     }
 

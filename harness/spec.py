@@ -83,7 +83,8 @@ class TableSpec:
     kind: str = "best_checkpoint"  # which table builder: best_checkpoint (Table 1 style) | settings (per substudy)
     paper_csv: str | None = None  # file under harness/paper_tables/ with the paper's numbers
     metric: str = "fid"  # best_checkpoint: picks the checkpoint (lower is better); settings: the plotted metric
-    labels: dict[str, str] = field(default_factory=dict)  # settings: a setting's value -> the paper's row label
+    # settings: a setting's value -> the paper's row label; "<substudy>/<setting>" for one substudy only
+    labels: dict[str, str] = field(default_factory=dict)
     plots: dict[str, str] = field(default_factory=dict)  # settings: substudy -> x axis ("train.epochs", "depth")
     scatter: tuple[str, ...] = ()  # settings: (x metric, y metric) over every trial, e.g. (size, fid)
 
@@ -301,6 +302,9 @@ class Trial:
     gflops: float
     diagnostic: bool = False  # over budget but allowed, flagged in tables
     substudies: tuple[str, ...] = ()  # the parts of the study this trial belongs to (not part of the hash)
+    # Trials with the same train_hash differ only after training (e.g. pruning arms of one baseline) and share one
+    # trained model; "" when the recipe does not share (each trial trains its own).
+    train_hash: str = ""
 
     def resolved(self) -> dict[str, Any]:
         """What the hash covers: the result-determining config (not resources, paths or the profile name).
@@ -316,14 +320,29 @@ class Trial:
 
     @property
     def config_hash(self) -> str:
-        blob = json.dumps(self.resolved(), sort_keys=True, default=list).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return _hash(self.resolved())
+
+    def with_train_hash(self, training_view) -> Trial:
+        """This trial with its train_hash: the hash of what determines training alone (no eval section, and the
+        train section through the recipe's ``training_view``)."""
+        if training_view is None:
+            return self
+        r = self.resolved()
+        r.pop("eval", None)
+        r["train"] = _prune(training_view(self.train))
+        return dataclasses.replace(self, train_hash=_hash(r))
 
     @property
     def run_name(self) -> str:
         """Readable MLflow run name: variant + dataset + axes + seed."""
-        axes = " ".join(f"{k.split('.')[-1]}={v}" for k, v in self.axes.items())
+        items = [(kk, vv) for k, v in self.axes.items() for kk, vv in (zip(k.split("+"), v) if "+" in k else [(k, v)])]
+        axes = " ".join(f"{k.split('.')[-1]}={v}" for k, v in items)
         return " ".join(x for x in (self.variant, self.dataset, axes, f"seed={self.seed}") if x)
+
+
+def _hash(resolved: dict[str, Any]) -> str:
+    blob = json.dumps(resolved, sort_keys=True, default=list).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _prune(d: dict[str, Any]) -> dict[str, Any]:
@@ -397,7 +416,7 @@ def _expand_part(loaded: LoadedStudy, s: Study, where: str) -> list[Trial]:
             study=s.name, recipe=s.recipe, variant=variant, dataset=dataset, seed=seed, axes=axes,
             model=dataclasses.asdict(cfg), train=train, eval=ev, data=data, family=family, params=params,
             gflops=gflops, diagnostic=diagnostic,
-        ))
+        ).with_train_hash(recipe.training_view))
     return trials
 
 

@@ -97,7 +97,8 @@ def final_metrics(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker) ->
             if not runs:
                 continue
             raw = setting_of(t, part)
-            rows.append({"substudy": name, "setting_raw": raw, "setting": labels.get(raw, raw),
+            label = labels.get(f"{name}/{raw}", labels.get(raw, raw))
+            rows.append({"substudy": name, "setting_raw": raw, "setting": label,
                          "dataset": t.dataset, "seed": t.seed, "variant": t.variant, "hash": t.config_hash,
                          "run_id": runs[0].info.run_id, "order": _position(raw, part),
                          "skipped": runs[0].data.tags.get("harness.skipped"), **runs[0].data.metrics})

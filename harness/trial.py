@@ -13,6 +13,7 @@ continues an interrupted trial from its last checkpoint (CONVENTIONS 10).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ class TrialContext:
     ) -> None:
         self.trial = trial
         self.run_dir = Path(paths["run_dir"])
+        self.train_dir = Path(paths.get("train_dir") or paths["run_dir"])
         self.cache_dir = Path(paths["cache_dir"])
         self.data_root = Path(paths["data_root"])
         self.rank = rank
@@ -53,6 +55,7 @@ class TrialContext:
         self._report_fn = report_fn
         self._accelerator = None
         self.started = time.time()
+        self.trained_epochs = 0  # epochs (or steps) this process trained, as opposed to restored
 
     @property
     def is_main(self) -> bool:
@@ -91,7 +94,39 @@ class TrialContext:
     # ----------------------------------------------------------------------------------------------- checkpoints
     @property
     def checkpoint_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
+        """The training checkpoints: the trial's own, or those of the trained model it shares with other trials."""
+        return self.train_dir / "checkpoints"
+
+    @property
+    def shares_training(self) -> bool:
+        return self.train_dir != self.run_dir
+
+    @contextlib.contextmanager
+    def training_lock(self):
+        """Held while a trial loads, trains and checkpoints a trained model it may share: the first trial of a
+        shared model trains it, the others wait, then find its finished checkpoint and only evaluate. Rank 0 takes
+        the file lock and the other ranks wait for it at a barrier (all ranks train together)."""
+        if not self.shares_training:
+            yield
+            return
+        from filelock import FileLock
+
+        lock = None
+        if self.is_main:
+            self.train_dir.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(self.train_dir / "train.lock"))
+            lock.acquire()
+        try:
+            self._barrier()
+            yield
+            self._barrier()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _barrier(self) -> None:
+        if self.world_size > 1:
+            self.accelerator().wait_for_everyone()
 
     def save_checkpoint(self, state: dict[str, Any], step: int) -> Path | None:
         """Atomically write ``state`` (tensors, numbers, strings, containers) and keep the newest few."""

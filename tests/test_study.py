@@ -212,5 +212,14 @@ def test_mnist_compression_smoke_measures_every_arm_and_skips_bitsandbytes_on_cp
     assert len(pruned) == 3  # L1 30 global and random 50 middle (NCSN), groups 2 + L1 10 (DDPM)
     ddpm = [r for r in measured if r.data.tags["harness.variant"] == "ddpm-unet-mnist"]
     assert len(ddpm) == 2 and all(r.data.metrics["nfe"] == 10 for r in ddpm)  # T = 5 steps, 2 with guidance
+    # The two pruning arms and the int8 arm of the NCSN baseline evaluate its trained model: trained once.
+    ncsn = [r for r in measured if r.data.tags["harness.variant"] == "ncsn-mnist"]
+    assert len({r.data.tags["harness.train_hash"] for r in ncsn}) == 1
+    assert sorted(r.data.tags["harness.training"] for r in ncsn) == ["reused a shared trained model"] * 3 + [
+        "trained here"]
+    assert len({r.data.metrics["train_ms_per_epoch"] for r in ncsn}) == 1  # the one training's own time, logged 4x
+    trained = results / "runs" / "mnist_compression" / "trained"
+    assert len(list(trained.iterdir())) == 4  # NCSN, NCSN groups 2, and the two DDPM models
     readme = (results / "mnist_compression" / "smoke" / "README.md").read_text()
     assert "Skipped: bitsandbytes" in readme and "L1 30 Global" in readme and "2 Groups" in readme
+    assert "Best NCSN" in readme and "Best DDPM" in readme  # Table 9: the same trials, not trained again

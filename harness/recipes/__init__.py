@@ -26,6 +26,9 @@ class Recipe:
     # "module:function" loading a dataset split as fn(name, data_section, split, download): the driver calls it once
     # per dataset before anything starts, so missing data fails early with one sentence.
     data_loader: str = "harness.data:load_study_data"
+    # The train section as training sees it, without keys applied only after training (pruning, post-training
+    # quantisation): trials equal under it share one trained model (spec.Trial.train_hash). None: no sharing.
+    training_view: Callable[[dict], dict] | None = None
 
     def load_trial_fn(self) -> Callable[..., Any]:
         return _resolve(self.trial_fn)
@@ -56,6 +59,21 @@ def restore(state: dict[str, Any] | None, **parts: Any) -> dict[str, Any]:
     if "rng" in state and isinstance(state["rng"], torch.Tensor):
         torch.set_rng_state(state["rng"])
     return {k: v for k, v in state.items() if k not in parts and k != "rng"}
+
+
+def report_history(ctx: Any, history: list[dict[str, float]], log_every: int) -> dict[str, str]:
+    """Report the per-epoch training metrics of a trained model before its final epoch (those the driver already
+    logged for this run are dropped there, by step), and return tags saying where the model was trained.
+
+    A trial that shares a trained model with others (``ctx.shares_training``) may have trained none of it: its
+    MLflow run still gets the training curve, from the checkpoint's history."""
+    for epoch, metrics in enumerate(history[:-1], start=1):
+        if epoch % log_every == 0:
+            ctx.report(epoch, metrics)
+    if not ctx.shares_training:
+        return {}
+    return {"harness.train_hash": str(ctx.trial.get("train_hash", "")),
+            "harness.training": "trained here" if ctx.trained_epochs else "reused a shared trained model"}
 
 
 def _resolve(path: str) -> Callable[..., Any]:

@@ -19,7 +19,7 @@ def train_ddpm_image(trial: dict[str, Any], ctx: TrialContext) -> None:
     from harness.data import TensorBatches, load_study_data
     from harness.diffusion.ddpm import DDPM
     from harness.diffusion.edm import ema_update
-    from harness.recipes import restore, trial_model
+    from harness.recipes import report_history, restore, trial_model
     from harness.recipes.ddpm_image_config import DDPMImageTrain
     from harness.recipes.measure import check_arm
 
@@ -38,51 +38,55 @@ def train_ddpm_image(trial: dict[str, Any], ctx: TrialContext) -> None:
     ddpm = DDPM(cfg.T, cfg.schedule, cfg.lbeta, cfg.ubeta)
     batches = TensorBatches(train, cfg.batch_size, gen, device=acc.device, drop_last=False)
 
-    rest = restore(ctx.load_checkpoint(), model=model, opt=opt, batches=batches, ema=ema)
-    epoch, step = int(rest.get("epoch", 0)), int(rest.get("step", 0))
-    model, opt = acc.prepare(model, opt)
+    with ctx.training_lock():  # pruning and int8 arms share their baseline's trained model (Trial.train_hash)
+        rest = restore(ctx.load_checkpoint(), model=model, opt=opt, batches=batches, ema=ema)
+        epoch, step, history = int(rest.get("epoch", 0)), int(rest.get("step", 0)), list(rest.get("history", []))
+        model, opt = acc.prepare(model, opt)
+        while epoch < cfg.epochs:
+            model.train()
+            t0, total = time.perf_counter(), torch.zeros((), device=acc.device)
+            for _ in range(batches.batches_per_epoch):
+                x, y = next(batches)
+                if model_cfg.num_classes == 0 or float(torch.rand((), generator=gen)) < cfg.label_dropout:
+                    y = None  # unconditional batch: what guidance subtracts at sampling time
 
-    while epoch < cfg.epochs:
-        model.train()
-        t0, total = time.perf_counter(), torch.zeros((), device=acc.device)
-        for _ in range(batches.batches_per_epoch):
-            x, y = next(batches)
-            if model_cfg.num_classes == 0 or float(torch.rand((), generator=gen)) < cfg.label_dropout:
-                y = None  # unconditional batch: what guidance subtracts at sampling time
+                def eps(x_t, t, y=y):
+                    return model(x_t, t, y)
 
-            def eps(x_t, t, y=y):
-                return model(x_t, t, y)
-
-            loss = ddpm.loss(eps, x, generator=gen)
-            opt.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            opt.step()
+                loss = ddpm.loss(eps, x, generator=gen)
+                opt.zero_grad(set_to_none=True)
+                acc.backward(loss)
+                opt.step()
+                if ema is not None:
+                    if step < cfg.ema_start:
+                        ema.load_state_dict(acc.unwrap_model(model).state_dict())
+                    else:
+                        ema_update(ema, acc.unwrap_model(model), cfg.ema_decay)
+                total += loss.detach()
+                step += 1
+            epoch += 1
+            ctx.trained_epochs += 1
+            mean = float(total) / batches.batches_per_epoch
+            if not math.isfinite(mean):
+                raise TrialFailed(f"training loss became {mean} in epoch {epoch}")
+            history.append({"loss": mean, "train_ms_per_epoch": (time.perf_counter() - t0) * 1000})
+            state = {"model": acc.unwrap_model(model).state_dict(), "opt": opt.state_dict(),
+                     "batches": batches.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch, "step": step,
+                     "history": history, "config": trial}
             if ema is not None:
-                if step < cfg.ema_start:
-                    ema.load_state_dict(acc.unwrap_model(model).state_dict())
-                else:
-                    ema_update(ema, acc.unwrap_model(model), cfg.ema_decay)
-            total += loss.detach()
-            step += 1
-        epoch += 1
-        mean = float(total) / batches.batches_per_epoch
-        if not math.isfinite(mean):
-            raise TrialFailed(f"training loss became {mean} in epoch {epoch}")
-        metrics = {"loss": mean, "train_ms_per_epoch": (time.perf_counter() - t0) * 1000}
-        last = epoch == cfg.epochs
-        state = {"model": acc.unwrap_model(model).state_dict(), "opt": opt.state_dict(),
-                 "batches": batches.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch, "step": step,
-                 "config": trial}
-        if ema is not None:
-            state["ema"] = ema.state_dict()
-        ctx.save_checkpoint(state, epoch)
-        artifacts, tags = [], {}
-        if last and ctx.is_main:
-            final = ema if ema is not None else acc.unwrap_model(model)
-            m, artifacts, tags = _finish(final, model_cfg, cfg, ddpm, trial["eval"], train, test, ctx, seed)
-            metrics.update(m)
-        if epoch % cfg.log_every == 0 or last:
-            ctx.report(epoch, metrics, artifacts, tags=tags, done=last)
+                state["ema"] = ema.state_dict()
+            ctx.save_checkpoint(state, epoch)
+            if epoch < cfg.epochs and epoch % cfg.log_every == 0:
+                ctx.report(epoch, history[-1])
+
+    tags = report_history(ctx, history, cfg.log_every)
+    metrics, artifacts = dict(history[-1]) if history else {}, []
+    if ctx.is_main:
+        final = ema if ema is not None else acc.unwrap_model(model)
+        m, artifacts, more = _finish(final, model_cfg, cfg, ddpm, trial["eval"], train, test, ctx, seed)
+        metrics.update(m)
+        tags.update(more)
+    ctx.report(cfg.epochs, metrics, artifacts, tags=tags, done=True)
 
 
 def _finish(model, model_cfg, cfg, ddpm, ev: dict[str, Any], train, test, ctx: TrialContext, seed: int):

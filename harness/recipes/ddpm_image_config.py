@@ -50,5 +50,6 @@ register_recipe(Recipe(
     train_config=DDPMImageTrain,
     trial_fn="harness.recipes.ddpm_image:train_ddpm_image",
     model_overrides=_model_overrides,
+    training_view=DDPMImageTrain.training_view,
     description="class-conditional image DDPM with classifier-free guidance and EMA; compression arms",
 ))

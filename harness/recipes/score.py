@@ -21,7 +21,7 @@ def train_score(trial: dict[str, Any], ctx: TrialContext) -> None:
     from harness.data import TensorBatches, load_study_data
     from harness.diffusion.edm import ema_update
     from harness.diffusion.score import SAMPLERS, dsm_loss
-    from harness.recipes import restore, trial_model
+    from harness.recipes import report_history, restore, trial_model
     from harness.recipes.measure import check_arm
     from harness.recipes.score_config import ScoreTrain
 
@@ -42,39 +42,45 @@ def train_score(trial: dict[str, Any], ctx: TrialContext) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     batches = TensorBatches(train, cfg.batch_size, gen, device=acc.device, drop_last=False)
 
-    epoch = int(restore(ctx.load_checkpoint(), model=model, opt=opt, batches=batches, ema=ema).get("epoch", 0))
-    model, opt = acc.prepare(model, opt)
-
-    while epoch < cfg.epochs:
-        model.train()
-        t0, total = time.perf_counter(), torch.zeros((), device=acc.device)
-        for _ in range(batches.batches_per_epoch):
-            x, _y = next(batches)
-            loss = dsm_loss(model, (x + 1) / 2, acc.unwrap_model(model).config.sigma, cfg.eps, gen)
-            opt.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            opt.step()
+    with ctx.training_lock():  # pruning and int8 arms share their baseline's trained model (Trial.train_hash)
+        rest = restore(ctx.load_checkpoint(), model=model, opt=opt, batches=batches, ema=ema)
+        epoch, history = int(rest.get("epoch", 0)), list(rest.get("history", []))
+        model, opt = acc.prepare(model, opt)
+        while epoch < cfg.epochs:
+            model.train()
+            t0, total = time.perf_counter(), torch.zeros((), device=acc.device)
+            for _ in range(batches.batches_per_epoch):
+                x, _y = next(batches)
+                loss = dsm_loss(model, (x + 1) / 2, acc.unwrap_model(model).config.sigma, cfg.eps, gen)
+                opt.zero_grad(set_to_none=True)
+                acc.backward(loss)
+                opt.step()
+                if ema is not None:
+                    ema_update(ema, acc.unwrap_model(model), cfg.ema_decay)
+                total += loss.detach()
+            epoch += 1
+            ctx.trained_epochs += 1
+            mean = float(total) / batches.batches_per_epoch
+            if not math.isfinite(mean):
+                raise TrialFailed(f"training loss became {mean} in epoch {epoch}")
+            history.append({"loss": mean, "train_ms_per_epoch": (time.perf_counter() - t0) * 1000})
+            state = {"model": acc.unwrap_model(model).state_dict(), "opt": opt.state_dict(),
+                     "batches": batches.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch,
+                     "history": history, "config": trial}
             if ema is not None:
-                ema_update(ema, acc.unwrap_model(model), cfg.ema_decay)
-            total += loss.detach()
-        epoch += 1
-        mean = float(total) / batches.batches_per_epoch
-        if not math.isfinite(mean):
-            raise TrialFailed(f"training loss became {mean} in epoch {epoch}")
-        metrics = {"loss": mean, "train_ms_per_epoch": (time.perf_counter() - t0) * 1000}
-        last = epoch == cfg.epochs
-        state = {"model": acc.unwrap_model(model).state_dict(), "opt": opt.state_dict(),
-                 "batches": batches.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch, "config": trial}
-        if ema is not None:
-            state["ema"] = ema.state_dict()
-        ctx.save_checkpoint(state, epoch)
-        artifacts, tags = [], {}
-        if last and ctx.is_main:
-            final = ema if ema is not None else acc.unwrap_model(model)
-            m, artifacts, tags = _finish(final, model_cfg, cfg, ev, train, test, ctx, seed)
-            metrics.update(m)
-        if epoch % cfg.log_every == 0 or last:
-            ctx.report(epoch, metrics, artifacts, tags=tags, done=last)
+                state["ema"] = ema.state_dict()
+            ctx.save_checkpoint(state, epoch)
+            if epoch < cfg.epochs and epoch % cfg.log_every == 0:
+                ctx.report(epoch, history[-1])
+
+    tags = report_history(ctx, history, cfg.log_every)
+    metrics, artifacts = dict(history[-1]) if history else {}, []
+    if ctx.is_main:
+        final = ema if ema is not None else acc.unwrap_model(model)
+        m, artifacts, more = _finish(final, model_cfg, cfg, ev, train, test, ctx, seed)
+        metrics.update(m)
+        tags.update(more)
+    ctx.report(cfg.epochs, metrics, artifacts, tags=tags, done=True)
 
 
 def _finish(model, model_cfg, cfg, ev: dict[str, Any], train, test, ctx: TrialContext, seed: int):

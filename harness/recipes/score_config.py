@@ -19,6 +19,17 @@ class CompressionKeys:
     prune_set: str = "global"  # global | middle | extremes
     quantize: str = "none"  # none | int8_dynamic | bnb8 | bnb4
 
+    POST_TRAINING_QUANTIZE = ("none", "int8_dynamic")  # applied to the trained model; bnb arms change training
+
+    @classmethod
+    def training_view(cls, train: dict) -> dict:
+        """The train section without what is applied after training: pruning and int8 dynamic quantisation. The
+        pruning and int8 arms of a study then share their baseline's trained model instead of retraining it."""
+        view = {k: v for k, v in train.items() if not k.startswith("prune_")}
+        if view.get("quantize", "none") in cls.POST_TRAINING_QUANTIZE:
+            view.pop("quantize", None)
+        return view
+
     def _check_compression(self) -> None:
         from harness.compression import MODULE_SETS, PRUNE_METHODS
         from harness.recipes.measure import QUANTIZE
@@ -63,5 +74,6 @@ register_recipe(Recipe(
     train_config=ScoreTrain,
     trial_fn="harness.recipes.score:train_score",
     model_overrides=_model_overrides,
+    training_view=ScoreTrain.training_view,
     description="VE-SDE denoising score matching (Song's tutorial) with EM, PC and ODE samplers; compression arms",
 ))
