@@ -175,6 +175,29 @@ def table(study_file, profile, sets, tracking_uri, results_dir) -> None:
 
 
 @main.command()
+@_study_file
+@_profile
+@_sets
+@click.option("--trial", default=None, help="Hash (or its prefix) of the trial to sample; default: every trial.")
+@click.option("--n", "n", default=64, show_default=True, help="Samples per grid (classes balanced).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--steps", default=None, type=int, help="Sampler steps (default: the study's eval.sampler_steps).")
+@click.option("--w", default=None, type=float, help="Guidance weight (default: the trial's).")
+@click.option("--sampler", default=None, help="Sampler, e.g. ancestral or ddim (default: the study's).")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Output folder (default: results/<study>/<profile>/samples/<hash>/).")
+@_results
+def sample(study_file, profile, sets, trial, n, seed, steps, w, sampler, out, results_dir) -> None:
+    """Write sample and interpolation grids from finished trials' checkpoints (no training)."""
+    from harness.sampling import sample_study
+
+    if n < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--n")
+    sample_study(study_file, profile, parse_sets(sets), trial, n, seed, out, results_dir, steps, w, sampler,
+                 echo=click.echo)
+
+
+@main.command()
 @click.option("--port", default=5000, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (only this machine by default).")
 @_tracking
@@ -226,6 +249,7 @@ def bench_zoo(variants: str, widths: str, batches: str, steps: int, threads: int
         out=out,
         echo=click.echo,
     )
+
 
 
 if __name__ == "__main__":

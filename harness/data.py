@@ -382,9 +382,10 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 class TensorBatches:
     """Endless shuffled batches from an `ImageData` kept as uint8 on `device`; each batch is converted on the fly.
 
-    Yields `(x float32 (B, C, H, W) in [-1, 1], y int64 (B,))`. Every epoch is a fresh permutation drawn from
-    `generator`, so each sample appears once per epoch (with `drop_last`, the last N % B of each permutation are
-    skipped). `state_dict()` / `load_state_dict()` resume the exact batch sequence, even if `generator` is shared.
+    Yields `(x float32 (B, C, H, W) in [-1, 1], y int64 (B,))` (with `raw=True`, x as stored: uint8). Every epoch
+    is a fresh permutation drawn from `generator`, so each sample appears once per epoch (with `drop_last`, the last
+    N % B of each permutation are skipped). `state_dict()` / `load_state_dict()` resume the exact batch sequence,
+    even if `generator` is shared.
     """
 
     def __init__(
@@ -394,6 +395,7 @@ class TensorBatches:
         generator: torch.Generator,
         device: str | torch.device = "cpu",
         drop_last: bool = True,
+        raw: bool = False,
     ) -> None:
         n = len(data)
         if batch_size < 1 or n == 0 or (drop_last and batch_size > n):
@@ -403,6 +405,7 @@ class TensorBatches:
         self.batch_size = batch_size
         self.generator = generator
         self.drop_last = drop_last
+        self.raw = raw  # yield the stored uint8 images (for augmentations that work on uint8) instead of [-1, 1]
         self.epoch = 0  # epoch of the next batch (0-based)
         self.position = 0  # where the next batch starts in this epoch's permutation
         self._perm: torch.Tensor | None = None
@@ -431,7 +434,7 @@ class TensorBatches:
         assert self._perm is not None
         idx = self._perm[self.position : min(self.position + self.batch_size, end)]
         self.position += len(idx)
-        return to_unit(self.x[idx]), self.y[idx]
+        return (self.x[idx] if self.raw else to_unit(self.x[idx])), self.y[idx]
 
     def state_dict(self) -> dict[str, Any]:
         """Epoch, position and generator states; tensors and ints only, so `torch.load(weights_only=True)` works."""

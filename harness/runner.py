@@ -249,8 +249,7 @@ def _trial_config(t: Trial, loaded: LoadedStudy, rdir: Path) -> dict[str, Any]:
     # Trials sharing a trained model keep its checkpoints in one place (a lock decides who trains it).
     train_dir = rdir / "runs" / loaded.study.name / "trained" / t.train_hash if t.train_hash else run_dir
     return {
-        "trial": {**t.resolved(), "axes": t.axes, "study": t.study, "config_hash": t.config_hash,
-                  "train_hash": t.train_hash},
+        "trial": t.payload(),
         "trial_hash": t.config_hash,
         "resources": dataclasses.asdict(loaded.study.resources),
         "paths": {  # absolute: Tune changes each trial's working directory (DESIGN pitfall 3)

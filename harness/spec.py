@@ -87,6 +87,10 @@ class TableSpec:
     labels: dict[str, str] = field(default_factory=dict)
     plots: dict[str, str] = field(default_factory=dict)  # settings: substudy -> x axis ("train.epochs", "depth")
     scatter: tuple[str, ...] = ()  # settings: (x metric, y metric) over every trial, e.g. (size, fid)
+    # settings: substudy -> logged metric keys drawn over training steps (mean ± sd over seeds), e.g. accuracy curves
+    curves: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # settings: extra tables made of other substudies' rows, e.g. {diffusion_vs_gan: [baseline, gan]}
+    combine: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -259,6 +263,12 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
     return LoadedStudy(study, path, profile, merged, tuple(parts) or (("", study),))
 
 
+def _paper_csv_exists(name: str) -> bool:
+    import importlib.resources
+
+    return "/" not in name and importlib.resources.files("harness").joinpath("paper_tables", name).is_file()
+
+
 def _validated(merged: dict, where: str) -> Study:
     from harness.recipes import get_recipe
 
@@ -275,6 +285,9 @@ def _validated(merged: dict, where: str) -> Study:
                                 "'data.<key>'")
         if len(keys) > 1 and any(not isinstance(v, list) or len(v) != len(keys) for v in values):
             raise SpecError(f"{where}: every value of axes.{key} must be a list of {len(keys)} values, one per key")
+    if study.table.paper_csv and not _paper_csv_exists(study.table.paper_csv):
+        raise SpecError(f"{where}: table.paper_csv {study.table.paper_csv!r} is not one of the paper tables in "
+                        "harness/paper_tables/")
     if not study.variants:
         raise SpecError(f"{where}: 'variants' must list at least one zoo name")
     if not study.datasets:
@@ -321,6 +334,12 @@ class Trial:
     @property
     def config_hash(self) -> str:
         return _hash(self.resolved())
+
+    def payload(self) -> dict[str, Any]:
+        """What a recipe receives: the resolved config with the model, train and eval sections whole (a key set to
+        None stays None instead of falling back to its default), plus the trial's identity."""
+        return {**self.resolved(), "model": self.model, "train": self.train, "eval": self.eval, "axes": self.axes,
+                "study": self.study, "config_hash": self.config_hash, "train_hash": self.train_hash}
 
     def with_train_hash(self, training_view) -> Trial:
         """This trial with its train_hash: the hash of what determines training alone (no eval section, and the

@@ -34,6 +34,10 @@ METRICS = {
     "nonzero": ("Non-zero params", "nonzero_params"),
     "inference": ("Inference ms/image", "inference_ms_per_image"),
     "train_ms": ("Train ms/epoch", "train_ms_per_epoch"),
+    "accuracy": ("Val accuracy", "val_accuracy"),
+    "val_loss": ("Val loss", "val_loss"),
+    "train_accuracy": ("Train accuracy", "train_accuracy"),
+    "train_loss": ("Train loss", "train_loss"),
 }
 # With the classifier extractor, distances are in its feature space: never labelled FID/KID.
 CLASSIFIER_METRICS = {"fid": ("FD (classifier)", "fd_classifier"), "kid": ("KD (classifier)", "kd_classifier")}
@@ -137,11 +141,39 @@ def substudy_table(df: pd.DataFrame, name: str, datasets: list[str], metrics: li
                 num[f"paper_{m}_{ds}"] = p
                 if p is not None:
                     show[f"Paper {label} ({ds})"] = f"{p:g}"
+        for ds in _paper_only_datasets(paper, name, datasets, metrics):  # the paper's numbers on its own dataset
+            row = paper[(paper.study == name) & (paper.setting.astype(str) == setting)]
+            for m in metrics:
+                col = f"{m}_{ds}"
+                if not row.empty and col in row and pd.notna(row[col].iloc[0]):
+                    num[f"paper_{col}"] = float(row[col].iloc[0])
+                    show[f"Paper {METRICS[m][0]} ({ds})"] = f"{float(row[col].iloc[0]):g}"  # the paper's metric
         num_rows.append(num)
         show_rows.append(show)
     shown = pd.DataFrame(show_rows)
     shown = shown[[c for c in shown.columns if c == "Setting" or shown[c].ne("–").any()]]
     return pd.DataFrame(num_rows), shown.fillna("–")
+
+
+def _paper_only_datasets(paper: pd.DataFrame | None, name: str, datasets: list[str], metrics: list[str]) -> list[str]:
+    """Datasets the paper reports for this substudy that the run did not use (e.g. CIFAR-100 when a CPU profile
+    ran a stand-in): their paper columns are shown as they are, never as a comparison with ours."""
+    if paper is None or paper[paper.study == name].empty:
+        return []
+    rows = paper[paper.study == name]
+    found = [c[len(m) + 1:] for m in metrics for c in rows.columns if c.startswith(f"{m}_") and rows[c].notna().any()]
+    return [d for d in dict.fromkeys(found) if d not in datasets and "_" not in d]
+
+
+def _save(fig, path: Path, caption: str) -> Path:
+    """A figure with its caption underneath, as a PNG at ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.text(0.01, -0.02, textwrap.fill(caption, 110), fontsize=6, ha="left", va="top")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def metric_plot(df: pd.DataFrame, name: str, x_key: str, metric: str, trials: dict[str, Trial],
@@ -177,11 +209,33 @@ def metric_plot(df: pd.DataFrame, name: str, x_key: str, metric: str, trials: di
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{label} (test)")
     ax.legend(fontsize=7)
-    fig.text(0.01, -0.02, textwrap.fill(caption, 110), fontsize=6, ha="left", va="top")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path, caption)
+
+
+def curves_plot(df: pd.DataFrame, name: str, keys: tuple[str, ...], tracker: Tracker, path: Path,
+                caption: str) -> Path | None:
+    """Logged metrics over training steps for one substudy (e.g. train and validation accuracy, the paper's
+    Figure 2): one line per metric and setting, mean ± sd over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sub = df[df.substudy == name]
+    rows = [{"step": m.step, "value": m.value, "metric": key, "setting": r.setting, "seed": r.seed}
+            for r in sub.itertuples() for key in keys for m in tracker.client.get_metric_history(r.run_id, key)]
+    if not rows:
+        return None
+    data = pd.DataFrame(rows)
+    several = data.setting.nunique() > 1
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    sns.lineplot(data=data, x="step", y="value", hue="metric", style="setting" if several else None,
+                 errorbar="sd", ax=ax)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(", ".join(keys))
+    ax.legend(fontsize=7)
+    return _save(fig, path, caption)
 
 
 def scatter_plot(df: pd.DataFrame, x: str, y: str, extractor: str, paper: pd.DataFrame | None, path: Path,
@@ -258,10 +312,15 @@ def _method_note(s: Study, sources: list[str]) -> str:
     if s.recipe == "ddpm":
         return (f"test-set EMD over {s.eval.emd_n or 128} random points and Gaussian-kernel NLL (temperature 0.1), "
                 f"each averaged over {s.eval.runs or 3} sampling runs; data: {'; '.join(sources)}")
+    if s.recipe == "classify":
+        return (f"top-1 accuracy and cross-entropy on the whole test split, {s.train.get('steps', '?')} steps of "
+                f"batch {s.train.get('batch_size', '?')}; training accuracy on augmented batches; data: "
+                f"{'; '.join(sources)}")
+    ref = "training" if s.recipe in ("vdiff", "gan") else "test"
     feats = ("Inception-v3 features (FID/KID)" if s.eval.extractor == "inception" else
              "a classifier trained on the dataset (Frechet/kernel distances in its feature space, not FID/KID)")
     return (f"image quality of n = {s.eval.n_samples} samples ({s.eval.sampler}, {s.eval.sampler_steps} steps) "
-            f"against the first n test images with {feats}")
+            f"against the first n {ref} images with {feats}")
 
 
 def _data_sources(loaded: LoadedStudy) -> list[str]:
@@ -298,7 +357,9 @@ def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
                                                             label=f"tab:{s.name}-{name}"))
         written += [out_dir / f"{name}.csv", out_dir / f"{name}.tex"]
         desc = ", ".join(f"{k}" for k in part.axes) or "variants " + ", ".join(part.variants)
-        sections += [f"## {name}", "", f"Varies {desc}; {part.train.get('epochs', '?')} epochs unless varied.", "",
+        length = (f"{part.train['steps']:,} steps" if "steps" in part.train
+                  else f"{part.train.get('epochs', '?')} epochs")
+        sections += [f"## {name}", "", f"Varies {desc}; {length} unless varied.", "",
                      _markdown(shown), ""]
         reasons = sorted({v for c in num.columns if c.startswith("skipped_") for v in num[c].dropna()})
         sections += [f"Skipped: {r}." for r in reasons] + ([""] if reasons else [])
@@ -310,6 +371,23 @@ def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
                 if fig:
                     written.append(fig)
                     sections += [f"![{name} {m}]({fig.name})", ""]
+        if name in s.table.curves:
+            fig = curves_plot(df, name, tuple(s.table.curves[name]), tracker, out_dir / f"{name}_curves.png",
+                              f"{s.name} [{loaded.profile}] {name}: over training steps, mean ± sd over seeds")
+            if fig:
+                written.append(fig)
+                sections += [f"![{name} curves]({fig.name})", ""]
+    for combo, names in s.table.combine.items():  # e.g. diffusion_vs_gan: the baseline's and the GAN's rows
+        rows = df[df.substudy.isin(names)].copy() if not df.empty else df
+        if rows.empty:
+            continue
+        rows["order"] = [list(names).index(n) * 100_000 + o for n, o in zip(rows.substudy, rows.order)]
+        rows["substudy"] = combo
+        datasets = list(dict.fromkeys(d for n, part in loaded.parts if n in names for d in part.datasets))
+        num, shown = substudy_table(rows, combo, datasets, metrics, paper, s.eval.extractor)
+        num.to_csv(out_dir / f"{combo}.csv", index=False)
+        written.append(out_dir / f"{combo}.csv")
+        sections += [f"## {combo}", "", f"Rows of {', '.join(names)}.", "", _markdown(shown), ""]
     if len(s.table.scatter) == 2:
         x, y = s.table.scatter
         fig = scatter_plot(df, x, y, s.eval.extractor, paper, out_dir / f"{x}_vs_{y}.png",

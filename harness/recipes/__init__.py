@@ -29,12 +29,42 @@ class Recipe:
     # The train section as training sees it, without keys applied only after training (pruning, post-training
     # quantisation): trials equal under it share one trained model (spec.Trial.train_hash). None: no sharing.
     training_view: Callable[[dict], dict] | None = None
+    # "module:function" writing sample (and interpolation) grids from a finished trial's checkpoint, for
+    # `harness sample`: fn(trial: dict, state: dict, out_dir: Path, n: int, seed: int, **overrides) -> list[Path].
+    sampler_fn: str | None = None
 
     def load_trial_fn(self) -> Callable[..., Any]:
         return _resolve(self.trial_fn)
 
     def load_data_fn(self) -> Callable[..., Any]:
         return _resolve(self.data_loader)
+
+    def load_sampler_fn(self) -> Callable[..., Any] | None:
+        return _resolve(self.sampler_fn) if self.sampler_fn else None
+
+
+def image_model_overrides(model: dict, dataset: str, data: dict, train: dict | None = None) -> dict[str, Any]:
+    """Image channels, size and classes from the dataset unless the study's model section sets them."""
+    from harness.data import image_meta
+
+    c, h, _w, k = image_meta(dataset, data)
+    return {"in_channels": c, "input_size": h, "num_classes": k, **model}
+
+
+def start_trial(trial: dict[str, Any], ctx: Any, mixed_precision: str = "no") -> tuple[Any, ...]:
+    """The common start of an image recipe: (accelerator, seed, a torch Generator seeded per rank, the training
+    split, model, model config), with torch's global RNG seeded per rank too."""
+    import torch
+
+    from harness.data import load_study_data
+
+    acc = ctx.accelerator(mixed_precision)
+    seed = int(trial["seed"])
+    torch.manual_seed(seed * 1000 + ctx.rank)
+    gen = torch.Generator().manual_seed(seed * 1000 + ctx.rank)
+    train = load_study_data(trial["dataset"], {**trial["data"], "root": str(ctx.data_root)}, "train")
+    model, model_cfg = trial_model(trial)
+    return acc, seed, gen, train, model, model_cfg
 
 
 def trial_model(trial: dict[str, Any]) -> tuple[Any, Any]:
@@ -44,6 +74,15 @@ def trial_model(trial: dict[str, Any]) -> tuple[Any, Any]:
     family = zoo.get_family(trial["family"])
     cfg = family.config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in trial["model"].items()})
     return family.build(cfg), cfg
+
+
+def param_groups(model: Any, lr: float, weight_decay: float) -> list[dict]:
+    """The model's own AdamW groups when it declares them (zoo families decide what decays), else nanoGPT's rule."""
+    if hasattr(model, "param_groups"):
+        return model.param_groups(lr, weight_decay)
+    from zoo.registry import decay_param_groups
+
+    return decay_param_groups(model, lr, weight_decay)
 
 
 def restore(state: dict[str, Any] | None, **parts: Any) -> dict[str, Any]:
@@ -106,4 +145,12 @@ def recipe_names() -> list[str]:
 def _load_builtin() -> None:
     # Each recipe's config module registers itself; imported here, not at package import, to keep `harness --help`
     # free of torch imports.
-    from harness.recipes import ddpm_config, ddpm_image_config, edm_config, score_config  # noqa: F401
+    from harness.recipes import (  # noqa: F401
+        classify_config,
+        ddpm_config,
+        ddpm_image_config,
+        edm_config,
+        gan_config,
+        score_config,
+        vdiff_config,
+    )

@@ -55,16 +55,19 @@ def inference_ms_per_image(sample: SampleFn, batch: int = 4, repeats: int = 3) -
 
 
 def save_grid(samples: torch.Tensor, ctx: TrialContext, k: int) -> str:
-    """The first k uint8 samples as a square-ish grid PNG in the trial's samples folder; returns its path."""
+    """The first k uint8 samples as a grid PNG in the trial's samples folder; returns its path."""
+    return str(grid_png(samples[:k], ctx.run_dir / "samples" / "final.png"))
+
+
+def grid_png(images: torch.Tensor, path, nrow: int | None = None):
+    """uint8 (N, C, H, W) images as one PNG grid at ``path`` (square-ish unless ``nrow`` is given)."""
     import math
 
     from torchvision.utils import save_image
 
-    path = ctx.run_dir / "samples" / "final.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    k = min(k, len(samples))
-    save_image(samples[:k].float() / 255, path, nrow=int(math.ceil(math.sqrt(k))))
-    return str(path)
+    save_image(images.float() / 255, path, nrow=nrow or int(math.ceil(math.sqrt(len(images)))))
+    return path
 
 
 def image_quality(sample: SampleFn, ev: dict[str, Any], train, test, ctx: TrialContext, seed: int):

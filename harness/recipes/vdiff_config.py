@@ -1,0 +1,62 @@
+"""The v-diffusion generator recipe's training config ("Modern Methods, Classical Constraints", the generator under
+1M parameters and 50k steps; shared/papers/other_papers_spec.md, Paper 1, section 1.4).
+
+Continuous-time VP diffusion on log-SNR with the paper's schedules (cosine, linear, spliced cosine-linear), Sobol
+timesteps, the v-objective, class dropout to the null class for classifier-free guidance (paper Eq. 4 with weight
+``cfg_weight``), AdamW with linear warm-up, horizontal flips, EMA; sampling is DDPM-style ancestral (``eval.sampler:
+ancestral``, eta = 1) or DDIM (``ddim``), optionally with Imagen's dynamic thresholding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.recipes import Recipe, image_model_overrides, register_recipe
+
+SAMPLERS = {"ancestral": 1.0, "ddim": 0.0}  # eval.sampler -> eta
+
+
+@dataclass(frozen=True)
+class VDiffTrain:
+    steps: int = 50_000
+    batch_size: int = 128  # global batch, split across workers
+    lr: float = 5e-4
+    warmup: int = 1000  # steps of linear LR warm-up
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-2
+    grad_clip: float = 1.0
+    schedule: str = "cosine"  # cosine | linear | spliced | log_linear (harness.diffusion.vdiff.SCHEDULES)
+    weighting: str = "mse"  # mse | sigmoid (Crowson's sigmoid(log-SNR) weighting)
+    cond_dropout: float = 0.1  # probability of training on the null class (the unconditional branch of CFG)
+    cfg_weight: float = 3.0  # w in Eq. 4: (1 + w) v_cond - w v_uncond; 0 = plain conditional
+    dynamic_threshold: float | None = 0.995  # Imagen's percentile at sampling; None disables
+    ema_decay: float = 0.999
+    flip: bool = True
+    interpolations: int = 8  # rows of the slerp interpolation grid at the last evaluation (0: none)
+    log_every: int = 100
+    mixed_precision: str = "no"
+
+    def __post_init__(self) -> None:
+        from harness.diffusion.vdiff import LOSS_WEIGHTINGS, schedule
+
+        if min(self.steps, self.batch_size, self.log_every) < 1 or self.warmup < 0 or self.interpolations < 0:
+            raise ValueError("steps, batch_size and log_every must be >= 1; warmup and interpolations >= 0")
+        schedule(self.schedule)
+        if self.weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {self.weighting!r}")
+        if not 0 <= self.cond_dropout < 1 or self.cfg_weight < 0 or not 0 <= self.ema_decay < 1:
+            raise ValueError("cond_dropout and ema_decay must be in [0, 1) and cfg_weight >= 0")
+        if self.dynamic_threshold is not None and not 0 < self.dynamic_threshold <= 1:
+            raise ValueError(f"dynamic_threshold must be a quantile in (0, 1] or null, got {self.dynamic_threshold}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+
+
+register_recipe(Recipe(
+    name="vdiff",
+    train_config=VDiffTrain,
+    trial_fn="harness.recipes.vdiff:train_vdiff",
+    model_overrides=image_model_overrides,
+    description="continuous-time v-diffusion (Crowson) with CFG, Sobol timesteps, EMA, ancestral/DDIM sampling",
+    sampler_fn="harness.recipes.vdiff:sample_grids",
+))
