@@ -190,12 +190,16 @@ def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, add
         trial_resources = {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker}
     progress = Progress(todo, plan.state, echo)
     callback = StudyCallback(tracker, runs, progress)
+
     def on_signal(signum, _frame):  # SIGTERM behaves like Ctrl-C: runs are closed as KILLED, resumable
         raise KeyboardInterrupt
 
-    old = signal.signal(signal.SIGTERM, on_signal)
+    old = signal.getsignal(signal.SIGTERM)
     try:
         _ray_init(address)
+        # After ray.init: its C++ failure-signal handler would otherwise take SIGTERM and kill the driver without
+        # closing the runs.
+        signal.signal(signal.SIGTERM, on_signal)
         tuner = tune.Tuner(
             tune.with_resources(tune_trial, trial_resources),
             param_space={"cfg": tune.grid_search(configs)},

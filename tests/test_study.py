@@ -120,6 +120,31 @@ def test_killed_study_resumes_its_trial_from_the_checkpoint(tmp_path):
     assert len(runs(results, "study")) == 2  # one parent per invocation
 
 
+def test_sigterm_closes_the_running_trial_as_killed_and_the_rerun_resumes_it(tmp_path):
+    results = tmp_path / "results"
+    args = ["study", str(STUDY), "--profile", "smoke", "--results-dir", str(results), "--set", "variants=[D8]",
+            "--set", "train.steps=1000", "--set", "eval.every=100", "--set", "train.log_every=50"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ckpts = results / "runs" / "block_sharing"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(ckpts.glob("*/checkpoints/step_*.pt")):
+        assert proc.poll() is None, "the study ended before it could be interrupted"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)  # the driver only, as a scheduler or `kill` would
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    assert "interrupted: rerun the same command to resume" in out
+    (trial,) = runs(results, "trial")
+    (parent,) = runs(results, "study")
+    assert trial.info.status == "KILLED" and parent.info.status == "KILLED"
+    rerun = harness(*args)
+    assert rerun.returncode == 0 and "1 to run" in rerun.stdout, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    (after,) = runs(results, "trial")
+    assert after.info.run_id == trial.info.run_id and after.info.status == "FINISHED"
+
+
 BAD_STUDIES = {
     "syntax": "name: x\nvariants: [D8\n",
     "unknown_key": {"trian": {"steps": 2}},
