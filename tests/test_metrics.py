@@ -96,8 +96,10 @@ def random_inception(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty torch hub, and torch-fidelity's downloader made to fail loudly if anything calls it."""
+    """An empty torch hub and harness cache (no converted weights), and torch-fidelity's downloader made to fail
+    loudly if anything calls it."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "harness-cache"))
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
 
     def no_network(*args: object, **kwargs: object) -> None:
