@@ -1,4 +1,4 @@
-"""Tests of the "Modern Methods, Classical Constraints" families (zoo/classical.py) against
+"""Tests of the "Modern Methods, Classical Constraints" families (zoo/classical.py, vdiff_unet.py, dcgan.py) against
 shared/papers/other_papers_spec.md, Paper 1: the discriminator (1.1), the v-diffusion U-Net (1.4) and the DCGAN.
 
 Parameter counts are taken on the meta device; forward/backward runs on CPU at batch 2.
@@ -17,15 +17,9 @@ from torch import nn
 import zoo
 from harness.cli import main
 from zoo import ZooError
-from zoo.classical import (
-    ClassicalDiscConfig,
-    DCGANConfig,
-    FourierPositions,
-    GatedFFN,
-    VDiffUNetConfig,
-    fourier_positions,
-    sinusoid,
-)
+from zoo.classical import ClassicalDiscConfig, FourierPositions, GatedFFN, fourier_positions
+from zoo.dcgan import DCGANConfig
+from zoo.vdiff_unet import VDiffUNetConfig, sinusoid
 
 # Spec 1.1 ablation table and notes, spec 1.4 ([verified] counts); "ours" are counted from this implementation.
 DISC_PARAMS = {
