@@ -155,11 +155,18 @@ _results = click.option("--results-dir", default=None, type=click.Path(file_okay
 @_results
 @click.option("--retry-failed", is_flag=True, help="Rerun trials that FAILED before (default: keep them failed).")
 def study(study_file, profile, sets, dry_run, address, tracking_uri, results_dir, retry_failed) -> None:
-    """Run (or resume) the study in STUDY_FILE: train every trial, evaluate, track in MLflow, write the tables."""
+    """Run (or resume) the study in STUDY_FILE: train every trial, evaluate, track in MLflow, write the tables.
+
+    Exits 1 when a trial failed (the others still ran; `harness status` lists the reasons)."""
     from harness.runner import run_study
 
-    run_study(study_file, profile, parse_sets(sets), dry_run=dry_run, address=address, tracking_uri=tracking_uri,
-              results_dir=results_dir, retry_failed=retry_failed, echo=click.echo)
+    plan = run_study(study_file, profile, parse_sets(sets), dry_run=dry_run, address=address,
+                     tracking_uri=tracking_uri, results_dir=results_dir, retry_failed=retry_failed, echo=click.echo)
+    failed = sum(v == "failed" for v in plan.state.values())
+    if failed and not dry_run:
+        click.echo(f"{failed} trial(s) failed: `harness status {study_file}` lists the reasons; "
+                   "--retry-failed reruns them", err=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -173,6 +180,19 @@ def table(study_file, profile, sets, tracking_uri, results_dir) -> None:
     from harness.runner import write_tables
 
     write_tables(study_file, profile, parse_sets(sets), tracking_uri, results_dir, echo=click.echo)
+
+
+@main.command()
+@_study_file
+@_profile
+@_sets
+@_tracking
+@_results
+def status(study_file, profile, sets, tracking_uri, results_dir) -> None:
+    """Show every trial of STUDY_FILE as done, running, interrupted, failed (with its reason) or missing."""
+    from harness.runner import study_status
+
+    study_status(study_file, profile, parse_sets(sets), tracking_uri, results_dir, echo=click.echo)
 
 
 @main.command()

@@ -81,7 +81,7 @@ def trial_table(plan: Plan) -> str:
     for t in plan.trials:
         rows.append({
             "variant": t.variant, "dataset": t.dataset, "substudies": ",".join(t.substudies),
-            "axes": " ".join(f"{k.split('.')[-1] if '+' not in k else k}={v}" for k, v in t.axes.items()),
+            "axes": t.axes_text(),
             "seed": t.seed, "params": t.params, "gflops": t.gflops,
             "steps": t.train.get("steps") or t.train.get("epochs"),
             "hash": t.config_hash, "trained_in": t.train_hash,
@@ -305,6 +305,49 @@ def _ray_init(address: str | None) -> None:
             ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     except ConnectionError as e:
         raise UserError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+
+
+STATUS = {"done": "done", "failed": "failed", "new": "missing"}
+
+
+def trial_status(plan: Plan) -> dict[str, str]:
+    """Each trial's state as `harness status` shows it: done, failed, missing (never started), running (its MLflow
+    run is open: a study is running it, or its driver died without closing it) or interrupted (closed as KILLED)."""
+    out = {}
+    for t in plan.trials:
+        h = t.config_hash
+        state = plan.state[h]
+        if state == "resume":
+            state = "running" if plan.runs[h].info.status == "RUNNING" else "interrupted"
+        out[h] = STATUS.get(state, state)
+    return out
+
+
+def study_status(path, profile=None, sets=None, tracking_uri=None, results_dir=None, echo: Echo = print) -> Plan:
+    """`harness status`: every trial of the study with its state from MLflow, the failure reasons, and a summary."""
+    from harness.tracking import TAG
+
+    loaded = load_study(path, profile, sets)
+    rdir = results_dir_for(loaded, results_dir)
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(rdir)
+    tracker = Tracker(uri, loaded.study.name, rdir / "mlartifacts") if store_exists(uri) else None
+    plan = plan_study(loaded, tracker)
+    status = trial_status(plan)
+    rows = [{"variant": t.variant, "dataset": t.dataset, "substudies": ",".join(t.substudies),
+             "axes": t.axes_text(), "seed": t.seed, "hash": t.config_hash,
+             "status": status[t.config_hash],
+             "reason": (plan.runs[t.config_hash].data.tags.get(f"{TAG}failure_reason", "")[:80]
+                        if status[t.config_hash] == "failed" else
+                        plan.runs[t.config_hash].data.tags.get(f"{TAG}skipped", "")[:80]
+                        if t.config_hash in plan.runs else "")}
+            for t in plan.trials]
+    cols = ["variant", "dataset", *(["substudies"] if any(r["substudies"] for r in rows) else []), "axes", "seed",
+            "hash", "status", *(["reason"] if any(r["reason"] for r in rows) else [])]
+    echo(f"study {loaded.study.name} [profile {loaded.profile}], store {uri}")
+    echo(format_table(rows, cols))
+    counts = {k: sum(v == k for v in status.values()) for k in ("done", "running", "interrupted", "failed", "missing")}
+    echo(f"{len(plan.trials)} trials: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v or k == "done"))
+    return plan
 
 
 def write_tables(path, profile=None, sets=None, tracking_uri=None, results_dir=None, echo: Echo = print) -> list[Path]:

@@ -351,12 +351,15 @@ class Trial:
         r["train"] = _prune(training_view(self.train))
         return dataclasses.replace(self, train_hash=_hash(r))
 
+    def axes_text(self) -> str:
+        """The trial's axis values as ``key=value`` words (last part of each key; zipped axes spelled out)."""
+        items = [(kk, vv) for k, v in self.axes.items() for kk, vv in (zip(k.split("+"), v) if "+" in k else [(k, v)])]
+        return " ".join(f"{k.split('.')[-1]}={v}" for k, v in items)
+
     @property
     def run_name(self) -> str:
         """Readable MLflow run name: variant + dataset + axes + seed."""
-        items = [(kk, vv) for k, v in self.axes.items() for kk, vv in (zip(k.split("+"), v) if "+" in k else [(k, v)])]
-        axes = " ".join(f"{k.split('.')[-1]}={v}" for k, v in items)
-        return " ".join(x for x in (self.variant, self.dataset, axes, f"seed={self.seed}") if x)
+        return " ".join(x for x in (self.variant, self.dataset, self.axes_text(), f"seed={self.seed}") if x)
 
 
 def _hash(resolved: dict[str, Any]) -> str:

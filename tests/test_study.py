@@ -139,10 +139,28 @@ def test_sigterm_closes_the_running_trial_as_killed_and_the_rerun_resumes_it(tmp
     (trial,) = runs(results, "trial")
     (parent,) = runs(results, "study")
     assert trial.info.status == "KILLED" and parent.info.status == "KILLED"
+    status = harness("status", str(STUDY), *args[2:])
+    assert "interrupted" in status.stdout and "1 trials: 0 done, 1 interrupted" in status.stdout
     rerun = harness(*args)
     assert rerun.returncode == 0 and "1 to run" in rerun.stdout, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     (after,) = runs(results, "trial")
     assert after.info.run_id == trial.info.run_id and after.info.status == "FINISHED"
+
+
+def test_a_diverging_trial_fails_with_its_reason_while_the_others_finish_and_status_shows_it(tmp_path):
+    results = tmp_path / "results"
+    args = ["--profile", "smoke", "--results-dir", str(results), "--set", "variants=[D8]",
+            "--set", "axes={train.lr: [5.0e-4, 1.0e+30]}"]
+    res = harness("study", str(STUDY), *args)
+    assert res.returncode == 1 and "1 trial(s) failed" in res.stderr, res.stdout[-2000:] + res.stderr[-2000:]
+    by_lr = {r.data.tags["harness.axis.train.lr"]: r for r in runs(results, "trial")}
+    assert by_lr["0.0005"].info.status == "FINISHED" and by_lr["1e+30"].info.status == "FAILED"
+    assert by_lr["1e+30"].data.tags["harness.failure_reason"] == "training loss became nan by step 2"
+    status = harness("status", str(STUDY), *args)
+    assert status.returncode == 0 and "2 trials: 1 done, 1 failed" in status.stdout
+    assert "training loss became nan by step 2" in status.stdout
+    again = harness("study", str(STUDY), *args)  # failed trials stay failed unless asked
+    assert again.returncode == 1 and "0 to run, 1 failed" in again.stdout
 
 
 BAD_STUDIES = {
