@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,9 +228,19 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
     if not isinstance(profiles, dict):
         raise SpecError(f"{path}: 'profiles' must be a mapping of profile name to overrides")
     profile = profile or raw.get("default_profile") or "default"
+    _check_name(profile, "profile", str(path))
     if profile != "default" and profile not in profiles:
         raise SpecError(f"{path}: unknown profile {profile!r} (profiles: {', '.join(profiles) or 'none'})")
-    merged = deep_merge(raw, profiles.get(profile) or {})
+    prof = profiles.get(profile) or {}
+    if not isinstance(prof, dict):
+        raise SpecError(f"{path}: profiles.{profile} must be a mapping of overrides, got {type(prof).__name__}")
+    prof_parts = prof.get("substudies") or {}
+    if not isinstance(prof_parts, dict) or not all(isinstance(v, dict) or v is None for v in prof_parts.values()):
+        raise SpecError(f"{path}: profiles.{profile}.substudies must map substudy names to mappings of overrides")
+    raw_parts = raw.get("substudies") or {}
+    if not isinstance(raw_parts, dict) or not all(isinstance(v, dict) or v is None for v in raw_parts.values()):
+        raise SpecError(f"{path}: 'substudies' must map substudy names to mappings of overrides")
+    merged = deep_merge(raw, prof)
     if sets:
         merged = deep_merge(merged, dotted_to_nested(sets))
     where = str(path)
@@ -237,13 +248,12 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
     # A part: the study < its substudy entry < the profile < the profile's entry for the part < --set. A part's
     # axes replace the study's (they are its question); the profile and --set never touch axes of parts they do
     # not name.
-    prof = profiles.get(profile) or {}
-    prof_parts = prof.get("substudies") or {}
     global_over = [{k: v for k, v in prof.items() if k not in ("substudies", "axes")},
                    {k: v for k, v in dotted_to_nested(sets or {}).items() if k != "axes"}]
     base = {k: v for k, v in raw.items() if k not in ("substudies", "profiles")}
     parts: list[tuple[str, Study]] = []
     for name, over in study.substudies.items():
+        _check_name(name, "substudy", where)
         if not isinstance(over, dict):
             raise SpecError(f"{where}: substudies.{name} must be a mapping of overrides")
         bad = sorted(set(over) & {"name", "profiles", "substudies", "default_profile", "resources"})
@@ -263,6 +273,17 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
     return LoadedStudy(study, path, profile, merged, tuple(parts) or (("", study),))
 
 
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
+
+
+def _check_name(name: Any, what: str, where: str) -> None:
+    """Study, substudy and profile names become file and folder names (results/<study>/<profile>/<substudy>.csv)
+    and MLflow experiment names: letters, digits, '_', '.', '-', not starting with a symbol, at most 80."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise SpecError(f"{where}: {what} name {name!r} must be 1-80 letters, digits, '_', '.' or '-', starting "
+                        "with a letter or digit")
+
+
 def _paper_csv_exists(name: str) -> bool:
     import importlib.resources
 
@@ -273,6 +294,7 @@ def _validated(merged: dict, where: str) -> Study:
     from harness.recipes import get_recipe
 
     study = from_dict(Study, merged, where)
+    _check_name(study.name, "study", where)
     recipe = get_recipe(study.recipe, where)
     from_dict(recipe.train_config, study.train, f"{where}: train")  # validate now; trials rebuild it
     for key, values in study.axes.items():
