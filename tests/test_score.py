@@ -56,3 +56,29 @@ def test_samplers_are_reproducible_with_a_generator():
     a, _ = SAMPLERS["euler_maruyama"](exact_score, 8, (1, 4, 4), steps=20, generator=torch.Generator().manual_seed(3))
     b, _ = SAMPLERS["euler_maruyama"](exact_score, 8, (1, 4, 4), steps=20, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [("euler_maruyama", {"steps": 4}), ("pc", {"steps": 3}), ("ode", {})])
+def test_each_sampler_turns_noise_into_finite_images_with_the_real_score_network(name, kwargs):
+    import zoo
+
+    net = zoo.build("ncsn-mnist").eval()
+    with torch.no_grad():
+        x, nfe = SAMPLERS[name](net, 2, (1, 28, 28), generator=torch.Generator().manual_seed(0), **kwargs)
+    assert x.shape == (2, 1, 28, 28) and torch.isfinite(x).all() and nfe >= 1
+
+
+def test_the_image_ddpm_sampler_with_guidance_gives_finite_images_of_the_unet_shape():
+    import zoo
+    from harness.diffusion.ddpm import DDPM
+
+    net = zoo.build("ddpm-unet-mnist", channels=(16, 32, 64, 128)).eval()
+    ddpm = DDPM(4, "linear", 1e-4, 0.02)
+    y = torch.tensor([3, 7])
+
+    def eps(x, t):  # classifier-free guidance as the recipe does it
+        return torch.lerp(net(x, t, None), net(x, t, y), 3.0)
+
+    with torch.no_grad():
+        x = ddpm.sample(eps, 2, (1, 32, 32), generator=torch.Generator().manual_seed(0))
+    assert x.shape == (2, 1, 32, 32) and torch.isfinite(x).all()
