@@ -59,6 +59,11 @@ def _num(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.2f}"
 
 
+def _paper_num(v: float) -> str:
+    """A paper's number as printed (all its digits), large ones with thousands separators."""
+    return f"{v:,.0f}" if abs(v) >= 10_000 else f"{v:g}"
+
+
 def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
@@ -140,14 +145,14 @@ def substudy_table(df: pd.DataFrame, name: str, datasets: list[str], metrics: li
                         p = float(row[col].iloc[0])
                 num[f"paper_{m}_{ds}"] = p
                 if p is not None:
-                    show[f"Paper {label} ({ds})"] = f"{p:g}"
+                    show[f"Paper {label} ({ds})"] = _paper_num(p)
         for ds in _paper_only_datasets(paper, name, datasets, metrics):  # the paper's numbers on its own dataset
             row = paper[(paper.study == name) & (paper.setting.astype(str) == setting)]
             for m in metrics:
                 col = f"{m}_{ds}"
                 if not row.empty and col in row and pd.notna(row[col].iloc[0]):
                     num[f"paper_{col}"] = float(row[col].iloc[0])
-                    show[f"Paper {METRICS[m][0]} ({ds})"] = f"{float(row[col].iloc[0]):g}"  # the paper's metric
+                    show[f"Paper {METRICS[m][0]} ({ds})"] = _paper_num(float(row[col].iloc[0]))  # the paper's metric
         num_rows.append(num)
         show_rows.append(show)
     shown = pd.DataFrame(show_rows)
