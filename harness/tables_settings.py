@@ -362,8 +362,8 @@ def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
                                                             label=f"tab:{s.name}-{name}"))
         written += [out_dir / f"{name}.csv", out_dir / f"{name}.tex"]
         desc = ", ".join(f"{k}" for k in part.axes) or "variants " + ", ".join(part.variants)
-        length = (f"{part.train['steps']:,} steps" if "steps" in part.train
-                  else f"{part.train.get('epochs', '?')} epochs")
+        unit, n = ("step", part.train["steps"]) if "steps" in part.train else ("epoch", part.train.get("epochs"))
+        length = f"{n:,} {unit}{'s' if n != 1 else ''}" if isinstance(n, int) else f"? {unit}s"
         sections += [f"## {name}", "", f"Varies {desc}; {length} unless varied.", "",
                      _markdown(shown), ""]
         reasons = sorted({v for c in num.columns if c.startswith("skipped_") for v in num[c].dropna()})
