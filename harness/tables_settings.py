@@ -328,6 +328,18 @@ def _method_note(s: Study, sources: list[str]) -> str:
             f"against the first n {ref} images with {feats}")
 
 
+def _part_sampling(part: Study) -> str:
+    """How a substudy's samples were drawn, when its recipe samples images (its own n, sampler and steps)."""
+    ev = part.eval
+    if part.recipe == "ddpm_image":
+        return f"; n = {ev.n_samples} samples, ancestral over T = {part.train.get('T', 1000)} steps"
+    if part.recipe in ("score", "edm", "vdiff"):
+        return f"; n = {ev.n_samples} samples, {ev.sampler} with {ev.sampler_steps} steps"
+    if part.recipe == "gan":
+        return f"; n = {ev.n_samples} samples"
+    return ""
+
+
 def _data_sources(loaded: LoadedStudy) -> list[str]:
     """Where each dataset came from (a file, or generated): the config hash does not cover the data location."""
     from harness.recipes import get_recipe
@@ -364,7 +376,7 @@ def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
         desc = ", ".join(f"{k}" for k in part.axes) or "variants " + ", ".join(part.variants)
         unit, n = ("step", part.train["steps"]) if "steps" in part.train else ("epoch", part.train.get("epochs"))
         length = f"{n:,} {unit}{'s' if n != 1 else ''}" if isinstance(n, int) else f"? {unit}s"
-        sections += [f"## {name}", "", f"Varies {desc}; {length} unless varied.", "",
+        sections += [f"## {name}", "", f"Varies {desc}; {length} unless varied{_part_sampling(part)}.", "",
                      _markdown(shown), ""]
         reasons = sorted({v for c in num.columns if c.startswith("skipped_") for v in num[c].dropna()})
         sections += [f"Skipped: {r}." for r in reasons] + ([""] if reasons else [])
