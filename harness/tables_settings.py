@@ -262,19 +262,21 @@ def scatter_plot(df: pd.DataFrame, x: str, y: str, extractor: str, paper: pd.Dat
     for _, r in data.drop_duplicates(["substudy", "setting"]).iterrows():
         ax.annotate(r.setting, (r[xk], r[yk]), fontsize=5, alpha=0.7)
     comparable = extractor != "classifier" or y not in CLASSIFIER_METRICS
+    crosses = False
     if paper is not None and comparable:
         for ds in data.dataset.unique():
             cols = [f"{x}_{ds}", f"{y}_{ds}"]
             if all(c in paper for c in cols):
                 p = paper.dropna(subset=cols)
                 ax.scatter(p[cols[0]], p[cols[1]], marker="x", color="grey", label=f"paper ({ds})")
+                crosses = crosses or not p.empty
     ax.set_xlabel(xl)
     ax.set_ylabel(yl)
     ax.legend(fontsize=6)
-    fig.text(0.01, -0.02, textwrap.fill(caption, 120), fontsize=6, ha="left", va="top")
-    fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    note = ("crosses: the paper's arms" if crosses else
+            "the paper's arms are not drawn: its quality metric is not the one measured here" if not comparable
+            else "")
+    return _save(fig, path, f"{caption}; {note}" if note else caption)
 
 
 def points_figure(df: pd.DataFrame, loaded: LoadedStudy, tracker: Tracker, path: Path) -> Path | None:
@@ -408,7 +410,7 @@ def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
     if len(s.table.scatter) == 2:
         x, y = s.table.scatter
         fig = scatter_plot(df, x, y, s.eval.extractor, paper, out_dir / f"{x}_vs_{y}.png",
-                           f"{s.name} [{loaded.profile}]: every trial; crosses: the paper's arms")
+                           f"{s.name} [{loaded.profile}]: every trial")
         if fig:
             written.append(fig)
             sections += [f"## {metric_spec(x, s.eval.extractor)[0]} against {metric_spec(y, s.eval.extractor)[0]}",
