@@ -6,22 +6,21 @@ time per image with its NFE (2 per step with guidance), and the quality of n gui
 from __future__ import annotations
 
 import copy
-import math
 import time
 from typing import Any
 
 import torch
 
-from harness.trial import TrialContext, TrialFailed
+from harness.trial import TrialContext
 
 
 def train_ddpm_image(trial: dict[str, Any], ctx: TrialContext) -> None:
     from harness.data import TensorBatches, load_study_data
     from harness.diffusion.ddpm import DDPM
     from harness.diffusion.edm import ema_update
-    from harness.recipes import report_history, restore, trial_model
+    from harness.recipes import restore, trial_model
     from harness.recipes.ddpm_image_config import DDPMImageTrain
-    from harness.recipes.measure import check_arm
+    from harness.recipes.measure import check_arm, end_epoch, report_final
 
     cfg = DDPMImageTrain(**trial["train"])
     acc = ctx.accelerator(cfg.mixed_precision)
@@ -66,27 +65,13 @@ def train_ddpm_image(trial: dict[str, Any], ctx: TrialContext) -> None:
                 step += 1
             epoch += 1
             ctx.trained_epochs += 1
-            mean = float(total) / batches.batches_per_epoch
-            if not math.isfinite(mean):
-                raise TrialFailed(f"training loss became {mean} in epoch {epoch}")
-            history.append({"loss": mean, "train_ms_per_epoch": (time.perf_counter() - t0) * 1000})
-            state = {"model": acc.unwrap_model(model).state_dict(), "opt": opt.state_dict(),
-                     "batches": batches.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch, "step": step,
-                     "history": history, "config": trial}
-            if ema is not None:
-                state["ema"] = ema.state_dict()
-            ctx.save_checkpoint(state, epoch)
-            if epoch < cfg.epochs and epoch % cfg.log_every == 0:
-                ctx.report(epoch, history[-1])
+            end_epoch(ctx, cfg, epoch, float(total) / batches.batches_per_epoch, time.perf_counter() - t0, history,
+                      {"model": acc.unwrap_model(model).state_dict(), "opt": opt.state_dict(),
+                       "batches": batches.state_dict(), "rng": torch.get_rng_state(), "step": step, "config": trial},
+                      ema)
 
-    tags = report_history(ctx, history, cfg.log_every)
-    metrics, artifacts = dict(history[-1]) if history else {}, []
-    if ctx.is_main:
-        final = ema if ema is not None else acc.unwrap_model(model)
-        m, artifacts, more = _finish(final, model_cfg, cfg, ddpm, trial["eval"], train, test, ctx, seed)
-        metrics.update(m)
-        tags.update(more)
-    ctx.report(cfg.epochs, metrics, artifacts, tags=tags, done=True)
+    report_final(ctx, cfg, history, ema if ema is not None else acc.unwrap_model(model),
+                 lambda final: _finish(final, model_cfg, cfg, ddpm, trial["eval"], train, test, ctx, seed))
 
 
 def _finish(model, model_cfg, cfg, ddpm, ev: dict[str, Any], train, test, ctx: TrialContext, seed: int):

@@ -4,6 +4,7 @@ and image quality against the test set (FID with Inception features, or the clas
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,39 @@ from harness.trial import TrialContext, TrialSkipped
 
 SampleFn = Callable[[int, torch.Generator], tuple[torch.Tensor, int]]  # (n, generator) -> (uint8 images, NFE)
 QUANTIZE = ("none", "int8_dynamic", "bnb8", "bnb4", "bnb8_adam8")  # bnb8_adam8: 8-bit Linear + 8-bit Adam
+
+
+def end_epoch(ctx: TrialContext, cfg: Any, epoch: int, mean_loss: float, seconds: float, history: list[dict],
+              state: dict[str, Any], ema: nn.Module | None) -> None:
+    """The compression recipes' epoch end: refuse a non-finite loss, append the epoch to the training history,
+    checkpoint ``state`` (plus the EMA and the history), and report every ``log_every`` epochs but the last (the
+    last epoch's metrics go with the final measurements)."""
+    from harness.trial import TrialFailed
+
+    if not math.isfinite(mean_loss):
+        raise TrialFailed(f"training loss became {mean_loss} in epoch {epoch}")
+    history.append({"loss": mean_loss, "train_ms_per_epoch": seconds * 1000})
+    state = {**state, "epoch": epoch, "history": history}
+    if ema is not None:
+        state["ema"] = ema.state_dict()
+    ctx.save_checkpoint(state, epoch)
+    if epoch < cfg.epochs and epoch % cfg.log_every == 0:
+        ctx.report(epoch, history[-1])
+
+
+def report_final(ctx: TrialContext, cfg: Any, history: list[dict], model: nn.Module,
+                 finish: Callable[[nn.Module], tuple[dict, list[str], dict]]) -> None:
+    """After training (here or by a trial sharing the model): the training curve, then on rank 0 ``finish(model)``
+    (compression, measurements, samples), reported with the last epoch's metrics as the trial's final result."""
+    from harness.recipes import report_history
+
+    tags = report_history(ctx, history, cfg.log_every)
+    metrics, artifacts = dict(history[-1]) if history else {}, []
+    if ctx.is_main:
+        m, artifacts, more = finish(model)
+        metrics.update(m)
+        tags.update(more)
+    ctx.report(cfg.epochs, metrics, artifacts, tags=tags, done=True)
 
 
 def check_arm(quantize: str, device: str) -> None:

@@ -8,7 +8,6 @@ sizes and parameter counts, inference time per image with the sampler's NFE, and
 from __future__ import annotations
 
 import copy
-import math
 import time
 from typing import Any
 
@@ -21,8 +20,8 @@ def train_score(trial: dict[str, Any], ctx: TrialContext) -> None:
     from harness.data import TensorBatches, load_study_data
     from harness.diffusion.edm import ema_update
     from harness.diffusion.score import SAMPLERS, dsm_loss
-    from harness.recipes import report_history, restore, trial_model
-    from harness.recipes.measure import check_arm
+    from harness.recipes import restore, trial_model
+    from harness.recipes.measure import check_arm, end_epoch, report_final
     from harness.recipes.score_config import ScoreTrain
 
     cfg = ScoreTrain(**trial["train"])
@@ -60,27 +59,12 @@ def train_score(trial: dict[str, Any], ctx: TrialContext) -> None:
                 total += loss.detach()
             epoch += 1
             ctx.trained_epochs += 1
-            mean = float(total) / batches.batches_per_epoch
-            if not math.isfinite(mean):
-                raise TrialFailed(f"training loss became {mean} in epoch {epoch}")
-            history.append({"loss": mean, "train_ms_per_epoch": (time.perf_counter() - t0) * 1000})
-            state = {"model": acc.unwrap_model(model).state_dict(), "opt": opt.state_dict(),
-                     "batches": batches.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch,
-                     "history": history, "config": trial}
-            if ema is not None:
-                state["ema"] = ema.state_dict()
-            ctx.save_checkpoint(state, epoch)
-            if epoch < cfg.epochs and epoch % cfg.log_every == 0:
-                ctx.report(epoch, history[-1])
+            end_epoch(ctx, cfg, epoch, float(total) / batches.batches_per_epoch, time.perf_counter() - t0, history,
+                      {"model": acc.unwrap_model(model).state_dict(), "opt": opt.state_dict(),
+                       "batches": batches.state_dict(), "rng": torch.get_rng_state(), "config": trial}, ema)
 
-    tags = report_history(ctx, history, cfg.log_every)
-    metrics, artifacts = dict(history[-1]) if history else {}, []
-    if ctx.is_main:
-        final = ema if ema is not None else acc.unwrap_model(model)
-        m, artifacts, more = _finish(final, model_cfg, cfg, ev, train, test, ctx, seed)
-        metrics.update(m)
-        tags.update(more)
-    ctx.report(cfg.epochs, metrics, artifacts, tags=tags, done=True)
+    report_final(ctx, cfg, history, ema if ema is not None else acc.unwrap_model(model),
+                 lambda final: _finish(final, model_cfg, cfg, ev, train, test, ctx, seed))
 
 
 def _finish(model, model_cfg, cfg, ev: dict[str, Any], train, test, ctx: TrialContext, seed: int):
