@@ -342,6 +342,15 @@ def _resolve_inception(weights_path: str | os.PathLike | None) -> tuple[Path, st
     )
 
 
+def inception_available(weights_path: str | os.PathLike | None = None) -> bool:
+    """Whether FID/KID can run offline: the given file, torch-fidelity's own weights or the converted ones exist."""
+    try:
+        _resolve_inception(weights_path)
+    except MetricsError:
+        return False
+    return True
+
+
 def _inception_kind(kind: str, digest: str, path: Path) -> str:
     """``official``/``converted``/``file``; a file with the converted weights' content hash counts as converted, and
     a corrupt converted file is refused."""

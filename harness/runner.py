@@ -122,6 +122,10 @@ def run_study(
     trials = expand_trials(loaded)  # budgets and variants checked before anything touches MLflow or Ray
     rdir = results_dir_for(loaded, results_dir)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(rdir)
+    if (loaded.raw.get("eval") or {}).get("extractor") == "auto":
+        echo("eval.extractor auto: " + ("Inception-v3 (FID/KID)" if s.eval.extractor == "inception" else
+                                        "classifier features (no Inception weights: `harness fid-weights install` "
+                                        "gives FID/KID offline)"))
     if dry_run:
         tracker = Tracker(uri, s.name, rdir / "mlartifacts") if store_exists(uri) else None
         plan = plan_study(loaded, tracker)

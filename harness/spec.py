@@ -69,7 +69,9 @@ class EvalSpec:
     every: int = 10_000  # steps between evaluations (and checkpoints); the last step is always evaluated
     n_samples: int = 2000  # generated samples per evaluation; the reference uses as many training images
     metrics: tuple[str, ...] = ("fid", "kid", "denoise_loss")
-    extractor: str = "inception"  # inception | classifier
+    # inception | classifier | auto (Inception when its weights are installed, else the classifier; resolved when the
+    # study is loaded, so trial hashes, tables and MLflow carry the extractor actually used)
+    extractor: str = "inception"
     inception_weights: str | None = None  # a local torch-fidelity weights file (offline clusters)
     sampler: str = "dpmpp_2m"  # dpmpp_2m | heun | euler
     sampler_steps: int = 50
@@ -290,10 +292,28 @@ def _paper_csv_exists(name: str) -> bool:
     return "/" not in name and importlib.resources.files("harness").joinpath("paper_tables", name).is_file()
 
 
+EXTRACTORS = ("inception", "classifier", "auto")
+
+
+def resolve_extractor(ev: EvalSpec, where: str) -> EvalSpec:
+    """``eval.extractor: auto`` becomes ``inception`` when Inception weights are available offline (torch-fidelity's
+    own file, ``harness fid-weights install``'s conversion or ``eval.inception_weights``), else ``classifier``."""
+    if ev.extractor not in EXTRACTORS:
+        raise SpecError(f"{where}: eval.extractor must be one of {', '.join(EXTRACTORS)}, got {ev.extractor!r}")
+    if ev.extractor != "auto":
+        return ev
+    if ev.inception_weights:  # a file named by the user: Inception, and a missing file is an error when it is used
+        return dataclasses.replace(ev, extractor="inception")
+    from harness.metrics import inception_available
+
+    return dataclasses.replace(ev, extractor="inception" if inception_available(ev.inception_weights) else "classifier")
+
+
 def _validated(merged: dict, where: str) -> Study:
     from harness.recipes import get_recipe
 
     study = from_dict(Study, merged, where)
+    study = dataclasses.replace(study, eval=resolve_extractor(study.eval, where))
     _check_name(study.name, "study", where)
     recipe = get_recipe(study.recipe, where)
     from_dict(recipe.train_config, study.train, f"{where}: train")  # validate now; trials rebuild it
@@ -443,7 +463,7 @@ def _expand_part(loaded: LoadedStudy, s: Study, where: str) -> list[Trial]:
             cfg = zoo.config(variant, **recipe.model_overrides(sections["model"], dataset, sections["data"], train))
         except zoo.ZooError as e:
             raise SpecError(f"{where}: variant {variant!r}: {e}") from None
-        ev = dataclasses.asdict(from_dict(EvalSpec, sections["eval"], f"{where}: eval"))
+        ev = dataclasses.asdict(resolve_extractor(from_dict(EvalSpec, sections["eval"], f"{where}: eval"), where))
         data = dataclasses.asdict(from_dict(DataSpec, sections["data"], f"{where}: data"))
         family = zoo.entry(variant).family
         params = _meta_params(family, cfg)

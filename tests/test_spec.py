@@ -134,3 +134,47 @@ def test_substudy_cannot_set_study_wide_keys(tmp_path):
     p = write(tmp_path, {**BASE, "substudies": {"x": {"resources": {"workers": 2}}}})
     with pytest.raises(SpecError, match="substudies.x cannot set 'resources'"):
         load_study(p)
+
+
+def test_auto_extractor_is_resolved_at_load_and_hashed_as_resolved(tmp_path, monkeypatch):
+    import harness.metrics as M
+
+    p = write(tmp_path, {**BASE, "eval": {**BASE["eval"], "extractor": "auto"}})
+    monkeypatch.setattr(M, "inception_available", lambda weights=None: False)
+    without = load_study(p)
+    assert without.study.eval.extractor == "classifier"
+    t_without = expand_trials(without)
+    assert {t.eval["extractor"] for t in t_without} == {"classifier"}
+    monkeypatch.setattr(M, "inception_available", lambda weights=None: True)
+    with_weights = load_study(p)
+    assert with_weights.study.eval.extractor == "inception"
+    t_with = expand_trials(with_weights)
+    assert {t.eval["extractor"] for t in t_with} == {"inception"}
+    # the resolved extractor is part of the hash: installing the weights makes new trials, not stale hits
+    assert not {t.config_hash for t in t_with} & {t.config_hash for t in t_without}
+    explicit = write(tmp_path, {**BASE, "eval": {**BASE["eval"], "extractor": "inception"}}, "explicit.yaml")
+    assert [t.config_hash for t in expand_trials(load_study(explicit))] == [t.config_hash for t in t_with]
+    # a weights file named by the user means Inception, checked when it is used
+    monkeypatch.setattr(M, "inception_available", lambda weights=None: False)
+    named = write(tmp_path, {**BASE, "eval": {**BASE["eval"], "extractor": "auto", "inception_weights": "/x.pt"}}, "n.yaml")
+    assert load_study(named).study.eval.extractor == "inception"
+
+
+def test_unknown_extractor_is_one_sentence(tmp_path):
+    p = write(tmp_path, {**BASE, "eval": {**BASE["eval"], "extractor": "clip"}})
+    with pytest.raises(SpecError, match="eval.extractor must be one of inception, classifier, auto, got 'clip'"):
+        load_study(p)
+
+
+def test_inception_available_sees_each_source(tmp_path, monkeypatch):
+    import harness.fid_weights as W
+    import harness.metrics as M
+
+    monkeypatch.setattr(M, "default_inception_weights", lambda: tmp_path / "none.pth")
+    monkeypatch.setattr(W, "where", lambda cache=None: None)
+    assert not M.inception_available()
+    f = tmp_path / "w.pt"
+    f.write_bytes(b"x")
+    assert M.inception_available(f) and not M.inception_available(tmp_path / "missing.pt")
+    monkeypatch.setattr(W, "where", lambda cache=None: f)
+    assert M.inception_available()
