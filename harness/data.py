@@ -379,6 +379,12 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
+def shard_slice(global_batch: int, rank: int, world_size: int) -> slice:
+    """The contiguous part of a global batch that ``rank`` of ``world_size`` data-parallel workers trains on."""
+    per = global_batch // world_size
+    return slice(rank * per, (rank + 1) * per)
+
+
 class TensorBatches:
     """Endless shuffled batches from an `ImageData` kept as uint8 on `device`; each batch is converted on the fly.
 
@@ -386,6 +392,10 @@ class TensorBatches:
     is a fresh permutation drawn from `generator`, so each sample appears once per epoch (with `drop_last`, the last
     N % B of each permutation are skipped). `state_dict()` / `load_state_dict()` resume the exact batch sequence,
     even if `generator` is shared.
+
+    With ``shard=(rank, world_size)``, ``batch_size`` is the global batch: every rank draws the same global batch
+    (same generator seed) and yields only its contiguous slice of ``batch_size // world_size`` samples, so N
+    data-parallel workers together train on exactly the batches one worker would (the global batch must divide).
     """
 
     def __init__(
@@ -396,8 +406,13 @@ class TensorBatches:
         device: str | torch.device = "cpu",
         drop_last: bool = True,
         raw: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         n = len(data)
+        rank, world = shard
+        if world < 1 or not 0 <= rank < world or batch_size % world:
+            raise DataError(f"global batch {batch_size} cannot be split evenly across {world} workers")
+        self.shard = (rank, world)
         if batch_size < 1 or n == 0 or (drop_last and batch_size > n):
             raise DataError(f"batch size {batch_size} does not fit dataset {data.name!r} ({n} {data.split} samples)")
         self.x = data.x.to(device)
@@ -434,6 +449,8 @@ class TensorBatches:
         assert self._perm is not None
         idx = self._perm[self.position : min(self.position + self.batch_size, end)]
         self.position += len(idx)
+        if self.shard[1] > 1:
+            idx = idx[shard_slice(len(idx), *self.shard)]
         return (self.x[idx] if self.raw else to_unit(self.x[idx])), self.y[idx]
 
     def state_dict(self) -> dict[str, Any]:

@@ -160,6 +160,10 @@ def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, add
     from harness.trial import tune_trial
 
     loaded, s = plan.loaded, plan.loaded.study
+    _ray_init(address)  # before any run is opened: an unreachable cluster or unshared storage leaves no run
+    if address or os.environ.get("RAY_ADDRESS"):
+        check_shared_storage(rdir, loaded.data_root())
+    _check_fits(s.resources, s.resources.workers > 1 or s.resources.ray_train == "always")
     versions = package_versions()
     common_tags = {
         f"{TAG}study": s.name, f"{TAG}profile": loaded.profile, f"{TAG}git_sha": git_sha(loaded.project_dir),
@@ -200,7 +204,6 @@ def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, add
 
     old = signal.getsignal(signal.SIGTERM)
     try:
-        _ray_init(address)
         # After ray.init: its C++ failure-signal handler would otherwise take SIGTERM and kill the driver without
         # closing the runs.
         signal.signal(signal.SIGTERM, on_signal)
@@ -281,9 +284,13 @@ def _device(gpus: float) -> str:
 
 
 def _max_concurrent(res, use_train: bool) -> int:
+    """As many trials as the cluster's CPUs hold (all nodes; ray.init must have run), unless the study says."""
+    import ray
+
     if res.max_concurrent_trials:
         return res.max_concurrent_trials
-    cpus = os.cpu_count() or 1
+    cpus = ray.cluster_resources().get("CPU") if ray.is_initialized() else None
+    cpus = cpus or os.cpu_count() or 1
     per_trial = res.cpus_per_worker * res.workers + (TRAIN_DRIVER_CPU if use_train else 0.0)
     return max(1, int(cpus // max(per_trial, 1e-9)))
 
@@ -309,6 +316,66 @@ def _ray_init(address: str | None) -> None:
             ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     except ConnectionError as e:
         raise UserError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+
+
+def _check_fits(res, use_train: bool) -> None:
+    """A trial that asks for more than the cluster has would wait for resources forever: refuse it."""
+    import ray
+
+    total = ray.cluster_resources()
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    need_cpu = res.workers * res.cpus_per_worker + (TRAIN_DRIVER_CPU if use_train else 0.0)
+    if need_cpu > total.get("CPU", 0) + 1e-9:
+        raise UserError(f"a trial needs {need_cpu:g} CPUs (resources.workers={res.workers} x cpus_per_worker="
+                        f"{res.cpus_per_worker:g}{' + the Train driver' if use_train else ''}) but the Ray cluster has "
+                        f"{total.get('CPU', 0):g}: lower resources.cpus_per_worker (fractions are allowed) or workers.")
+    if res.workers * res.gpus_per_worker > total.get("GPU", 0) + 1e-9:
+        raise UserError(f"a trial needs {res.workers * res.gpus_per_worker:g} GPUs (resources.workers x "
+                        f"gpus_per_worker) but the Ray cluster has {total.get('GPU', 0):g}.")
+    if not any(n.get("CPU", 0) >= res.cpus_per_worker and n.get("GPU", 0) >= res.gpus_per_worker for n in nodes):
+        raise UserError(f"no Ray node has {res.cpus_per_worker:g} CPUs and {res.gpus_per_worker:g} GPUs for one worker "
+                        "(resources.cpus_per_worker, gpus_per_worker).")
+
+
+def _probe(path: str, data_root: str) -> tuple[str | None, bool]:
+    """On one node: the token file's content (None if it is not there) and whether the data root exists."""
+    try:
+        token = Path(path).read_text()
+    except OSError:
+        token = None
+    return token, Path(data_root).exists()
+
+
+def check_shared_storage(rdir: Path, data_root: Path, probe=None) -> None:
+    """On a multi-node cluster every node writes checkpoints and sample grids under the results directory and the
+    driver logs them to MLflow, so the directory must be the same shared filesystem everywhere, and the data root
+    must exist on every node. A token file written here is read back by a task pinned to each alive node."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = probe or ray.remote(num_cpus=0)(_probe)
+    rdir.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    path = rdir / f".shared-storage-check-{token}"
+    path.write_text(token)
+    try:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(str(path), str(data_root)) for n in nodes]
+        answers = ray.get(refs, timeout=120)
+    finally:
+        path.unlink(missing_ok=True)
+    unshared = [n["NodeManagerAddress"] for n, (got, _) in zip(nodes, answers) if got != token]
+    if unshared:
+        raise UserError(f"the results directory {rdir} is not shared with the Ray node(s) at "
+                        f"{', '.join(unshared)}: put --results-dir on a filesystem every node mounts at the same "
+                        "path (e.g. NFS), since trials write checkpoints and samples there for the driver to log.")
+    no_data = [n["NodeManagerAddress"] for n, (_, ok) in zip(nodes, answers) if not ok]
+    if no_data:
+        raise UserError(f"the data root {data_root} does not exist on the Ray node(s) at {', '.join(no_data)}: "
+                        "put the datasets on a shared filesystem or copy them to the same path on every node.")
 
 
 STATUS = {"done": "done", "failed": "failed", "new": "missing"}

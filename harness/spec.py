@@ -330,6 +330,10 @@ def _validated(merged: dict, where: str) -> Study:
     if study.table.paper_csv and not _paper_csv_exists(study.table.paper_csv):
         raise SpecError(f"{where}: table.paper_csv {study.table.paper_csv!r} is not one of the paper tables in "
                         "harness/paper_tables/")
+    batch, workers = study.train.get("batch_size"), study.resources.workers
+    if isinstance(batch, int) and workers > 1 and batch % workers:
+        raise SpecError(f"{where}: train.batch_size={batch} cannot be split evenly across resources.workers={workers} "
+                        "(each worker trains on an equal slice of the global batch)")
     if not study.variants:
         raise SpecError(f"{where}: 'variants' must list at least one zoo name")
     if not study.datasets:

@@ -154,16 +154,36 @@ class TrialContext:
 
 
 # ---------------------------------------------------------------------------------------------- Ray entry points
+def _where() -> dict[str, str]:
+    """Tags saying where this process runs: the Ray node (id and IP) and the process id."""
+    import ray
+
+    rc = ray.get_runtime_context()
+    return {"harness.node_id": rc.get_node_id(), "harness.node_ip": ray.util.get_node_ip_address(),
+            "harness.pid": str(os.getpid())}
+
+
 def _run_recipe(config: dict[str, Any], report_fn, rank: int, world_size: int) -> None:
     from harness.recipes import get_recipe
 
     trial = config["trial"]
-    ctx = TrialContext(trial, config["paths"], report_fn, rank, world_size, config["resources"]["cpus_per_worker"])
+    where = _where()
+    first = [True]
+
+    def report(payload: dict[str, Any]) -> None:  # the first report of each (re)start says where the trial runs
+        if first[0]:
+            payload = {**payload, "tags": {**where, **payload.get("tags", {})}}
+            first[0] = False
+        report_fn(payload)
+
+    ctx = TrialContext(trial, config["paths"], report, rank, world_size, config["resources"]["cpus_per_worker"])
     ctx.set_threads()
     fn = get_recipe(trial["recipe"]).load_trial_fn()
     failure = ctx.run_dir / "failure.txt"
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    # Which process trains this trial now, per rank (operators, and the killed-worker test, read it).
+    (ctx.run_dir / f"worker-{rank}.pid").write_text(f"{os.getpid()} {where['harness.node_ip']}\n")
     if ctx.is_main:
-        ctx.run_dir.mkdir(parents=True, exist_ok=True)
         failure.unlink(missing_ok=True)
     try:
         fn(trial, ctx)

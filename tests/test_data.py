@@ -345,3 +345,16 @@ def test_batches_resume_exactly(tmp_path):
         TensorBatches(data, 2, torch.Generator()).load_state_dict(fresh)
     with pytest.raises(DataError, match="batch size 11"):
         TensorBatches(data, 11, torch.Generator())
+
+
+def test_sharded_batches_are_the_slices_of_the_global_batch(tmp_path):
+    data = load_dataset("synthetic", tmp_path, n=40, size=8, num_classes=4, seed=0)
+    whole = TensorBatches(data, 8, torch.Generator().manual_seed(5))
+    shards = [TensorBatches(data, 8, torch.Generator().manual_seed(5), shard=(r, 2)) for r in range(2)]
+    for _ in range(12):  # across epoch boundaries (5 batches per epoch)
+        x, y = next(whole)
+        parts = [next(s) for s in shards]
+        assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(torch.cat([p[1] for p in parts]), y)
+        assert all(len(p[1]) == 4 for p in parts)
+    with pytest.raises(DataError, match="cannot be split evenly across 3 workers"):
+        TensorBatches(data, 8, torch.Generator(), shard=(0, 3))

@@ -156,7 +156,8 @@ def test_auto_extractor_is_resolved_at_load_and_hashed_as_resolved(tmp_path, mon
     assert [t.config_hash for t in expand_trials(load_study(explicit))] == [t.config_hash for t in t_with]
     # a weights file named by the user means Inception, checked when it is used
     monkeypatch.setattr(M, "inception_available", lambda weights=None: False)
-    named = write(tmp_path, {**BASE, "eval": {**BASE["eval"], "extractor": "auto", "inception_weights": "/x.pt"}}, "n.yaml")
+    named_eval = {**BASE["eval"], "extractor": "auto", "inception_weights": "/x.pt"}
+    named = write(tmp_path, {**BASE, "eval": named_eval}, "n.yaml")
     assert load_study(named).study.eval.extractor == "inception"
 
 

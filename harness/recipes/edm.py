@@ -30,10 +30,10 @@ class _LossModule(nn.Module):
         self.model = model
         self.weighting = weighting
 
-    def forward(self, x0, sigma, class_labels, aug_cond):
+    def forward(self, x0, sigma, noise, class_labels, aug_cond):
         from harness.diffusion.edm import karras_loss
 
-        return karras_loss(self.model, x0, sigma, class_labels=class_labels, aug_cond=aug_cond,
+        return karras_loss(self.model, x0, sigma, noise, class_labels=class_labels, aug_cond=aug_cond,
                            weighting=self.weighting)
 
 
@@ -59,7 +59,7 @@ def _rng_state(gen: torch.Generator) -> dict[str, Any]:
 
 def train_edm(trial: dict[str, Any], ctx: TrialContext) -> None:
     """Train one block-sharing (or any EDM-preconditioned) model; see the module docstring."""
-    from harness.data import TensorBatches
+    from harness.data import TensorBatches, shard_slice
     from harness.diffusion.augment import KarrasAugment
     from harness.diffusion.edm import dropout_classes, ema_decay, ema_update, sample_sigmas_train
     from harness.recipes import trial_model
@@ -68,15 +68,18 @@ def train_edm(trial: dict[str, Any], ctx: TrialContext) -> None:
     cfg = EDMTrain(**{k: tuple(v) if isinstance(v, list) else v for k, v in trial["train"].items()})
     acc = ctx.accelerator(cfg.mixed_precision, cfg.grad_accum)
     seed = int(trial["seed"])
-    torch.manual_seed(seed * 1000 + ctx.rank)
-    gen = torch.Generator().manual_seed(seed * 1000 + ctx.rank)  # batches, sigmas, augmentation, dropout
+    torch.manual_seed(seed * 1000 + ctx.rank)  # model dropout: per rank
+    # Batches, sigmas, noise, augmentation and class dropout are drawn for the global batch from one stream that is the
+    # same on every rank; each rank trains on its slice. N workers therefore see the samples, noise levels and
+    # augmentations one worker would with the same global batch and seed (the worker-count equivalence test).
+    gen = torch.Generator().manual_seed(seed * 1000)
 
     train = _load_data(trial, ctx, "train")
     model, model_cfg = trial_model(trial)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
-    per_worker = max(1, cfg.batch_size // ctx.world_size)  # the global batch is split across workers
-    batches = TensorBatches(train, per_worker, gen, device=acc.device)
+    batches = TensorBatches(train, cfg.batch_size, gen, device=acc.device, shard=(ctx.rank, ctx.world_size))
+    mine = shard_slice(cfg.batch_size, ctx.rank, ctx.world_size)
     augment = KarrasAugment(cfg.augment_prob) if cfg.augment_prob > 0 else None
 
     step = 0
@@ -98,14 +101,20 @@ def train_edm(trial: dict[str, Any], ctx: TrialContext) -> None:
     seen, t_log = 0, time.perf_counter()
     while step < cfg.steps:
         loss_module.train()
-        x0, y = next(batches)
+        x0, y = next(batches)  # this rank's slice of the global batch
         aug_cond = None
-        if augment is not None:
-            x0, aug_cond = augment(x0, gen)
-        y = dropout_classes(y, num_classes, cfg.class_dropout, gen) if num_classes else None
-        sigma = sample_sigmas_train(x0.shape[0], model.sigma_data, gen, device=acc.device)
+        if augment is not None:  # parameters drawn for the global batch, applied to the slice
+            x0, aug_cond = augment.apply(x0, augment.sample_params(cfg.batch_size, gen)[mine])
+        if num_classes:
+            y_global = torch.zeros(cfg.batch_size, dtype=y.dtype, device=y.device)
+            y_global[mine] = y  # only the slice's labels matter; the dropout draw covers the global batch
+            y = dropout_classes(y_global, num_classes, cfg.class_dropout, gen)[mine]
+        else:
+            y = None
+        sigma = sample_sigmas_train(cfg.batch_size, model.sigma_data, gen, device=acc.device)[mine]
+        noise = torch.randn((cfg.batch_size, *x0.shape[1:]), generator=gen)[mine].to(acc.device)
         with acc.accumulate(loss_module):
-            loss = loss_module(x0, sigma, y, aug_cond).mean()
+            loss = loss_module(x0, sigma, noise, y, aug_cond).mean()
             acc.backward(loss)
             if acc.sync_gradients and cfg.grad_clip > 0:
                 acc.clip_grad_norm_(loss_module.parameters(), cfg.grad_clip)
@@ -113,13 +122,15 @@ def train_edm(trial: dict[str, Any], ctx: TrialContext) -> None:
             opt.zero_grad(set_to_none=True)
         ema_update(ema, model, ema_decay(step, cfg.ema_power, cfg.ema_max))
         loss_sum += loss.detach()
-        seen += x0.shape[0] * ctx.world_size
+        seen += cfg.batch_size
         step += 1
 
         last = step == cfg.steps
         is_eval = step % ev["every"] == 0 or last
         if step % cfg.log_every == 0 or is_eval:
             n_steps = cfg.log_every if step % cfg.log_every == 0 else (step % cfg.log_every or cfg.log_every)
+            if ctx.world_size > 1:  # the global batch's loss: the mean of the ranks' equal-sized slices
+                loss_sum = acc.reduce(loss_sum, reduction="mean")
             mean_loss = float(loss_sum) / max(1, n_steps)
             if not math.isfinite(mean_loss):
                 raise TrialFailed(f"training loss became {mean_loss} by step {step}")
