@@ -349,7 +349,8 @@ def _probe(path: str, data_root: str) -> tuple[str | None, bool]:
 def check_shared_storage(rdir: Path, data_root: Path, probe=None) -> None:
     """On a multi-node cluster every node writes checkpoints and sample grids under the results directory and the
     driver logs them to MLflow, so the directory must be the same shared filesystem everywhere, and the data root
-    must exist on every node. A token file written here is read back by a task pinned to each alive node."""
+    must exist on every node where the driver has it. A token file written here is read back by a task pinned to
+    each alive node."""
     import uuid
 
     import ray
@@ -372,7 +373,8 @@ def check_shared_storage(rdir: Path, data_root: Path, probe=None) -> None:
         raise UserError(f"the results directory {rdir} is not shared with the Ray node(s) at "
                         f"{', '.join(unshared)}: put --results-dir on a filesystem every node mounts at the same "
                         "path (e.g. NFS), since trials write checkpoints and samples there for the driver to log.")
-    no_data = [n["NodeManagerAddress"] for n, (_, ok) in zip(nodes, answers) if not ok]
+    # Only a data root the driver has is needed (made and package datasets read no files).
+    no_data = [n["NodeManagerAddress"] for n, (_, ok) in zip(nodes, answers) if not ok and data_root.exists()]
     if no_data:
         raise UserError(f"the data root {data_root} does not exist on the Ray node(s) at {', '.join(no_data)}: "
                         "put the datasets on a shared filesystem or copy them to the same path on every node.")

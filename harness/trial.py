@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 CHECKPOINTS_KEPT = 2
+REPORT_KEY = "_harness_report"  # the report a checkpoint was saved with (replayed on resume)
 
 
 class TrialFailed(RuntimeError):
@@ -83,12 +84,18 @@ class TrialContext:
 
     # ------------------------------------------------------------------------------------------------- reporting
     def report(self, step: int, metrics: dict[str, Any], artifacts: list[str] | None = None,
-               tags: dict[str, str] | None = None, done: bool = False):
+               tags: dict[str, str] | None = None, done: bool = False, checkpoint: dict[str, Any] | None = None):
         """Send metrics (and artifact paths) for ``step`` to the driver. Every rank must call it the same number of
-        times: under Ray Train V2 ``report`` is a barrier, and only rank 0's metrics are used."""
+        times: under Ray Train V2 ``report`` is a barrier, and only rank 0's metrics are used.
+
+        ``checkpoint`` (rank 0's training state at ``step``) is saved first with this report inside it: a process
+        killed after the save but before the driver logged the report replays it when it resumes from that
+        checkpoint (``load_checkpoint``), so no evaluation is lost; the driver drops steps it already has."""
         # Artifact paths travel as one string: Tune's TensorBoard logger warns on lists, ignores strings.
         payload = {"step": int(step), "metrics": dict(metrics), "artifacts": "\n".join(artifacts or []),
                    "tags": dict(tags or {}), "final": done}
+        if checkpoint is not None and self.is_main:
+            self.save_checkpoint({**checkpoint, REPORT_KEY: payload}, step)
         self._report_fn(payload)
 
     # ----------------------------------------------------------------------------------------------- checkpoints
@@ -144,13 +151,18 @@ class TrialContext:
         return path
 
     def load_checkpoint(self) -> dict[str, Any] | None:
-        """The newest checkpoint, loaded with ``weights_only=True``; None when the trial starts fresh."""
+        """The newest checkpoint, loaded with ``weights_only=True``; None when the trial starts fresh. A report saved
+        with it (``report(checkpoint=...)``) is sent again here: every rank loads, so every rank replays."""
         import torch
 
         found = sorted(self.checkpoint_dir.glob("step_*.pt")) if self.checkpoint_dir.exists() else []
         if not found:
             return None
-        return torch.load(found[-1], map_location="cpu", weights_only=True)
+        state = torch.load(found[-1], map_location="cpu", weights_only=True)
+        saved_report = state.pop(REPORT_KEY, None)
+        if saved_report is not None and not self.shares_training:
+            self._report_fn(saved_report)
+        return state
 
 
 # ---------------------------------------------------------------------------------------------- Ray entry points

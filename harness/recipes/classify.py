@@ -198,18 +198,19 @@ def train_classify(trial: dict[str, Any], ctx: TrialContext) -> None:
             correct.zero_()
             seen = 0
             tags, resume_tags = resume_tags, {}
+            ckpt = None
             if is_eval:
                 acc.wait_for_everyone()
                 if ctx.is_main:
                     metrics.update(evaluate(acc.unwrap_model(model), test, norm, ev["batch_size"], acc.device))
-                    ctx.save_checkpoint({
+                    ckpt = {
                         "model": acc.unwrap_model(model).state_dict(), "opt": opt.state_dict(),
                         "sched": sched.state_dict(), "batches": batches.state_dict(), "rng": torch.get_rng_state(),
-                        "step": step, "peak_lr": peak_lr, "config": trial}, step)
+                        "step": step, "peak_lr": peak_lr, "config": trial}
                 acc.wait_for_everyone()
             if last:
                 metrics.update(peak_lr=peak_lr, params=sum(p.numel() for p in model.parameters() if p.requires_grad))
-            ctx.report(step, metrics, tags=tags, done=last)
+            ctx.report(step, metrics, tags=tags, done=last, checkpoint=ckpt)
             t_log = time.perf_counter()
 
 

@@ -50,11 +50,11 @@ def train_ddpm(trial: dict[str, Any], ctx: TrialContext) -> None:
     x = train.x.to(acc.device)
     n, bs = len(x), cfg.batch_size
 
-    def checkpoint() -> None:
-        if ctx.is_main:
-            ctx.save_checkpoint({"model": acc.unwrap_model(model).state_dict(), "opt": opt.state_dict(),
-                                 "rng": {"torch": torch.get_rng_state(), "gen": gen.get_state()},
-                                 "epoch": epoch, "config": trial}, epoch)
+    def checkpoint() -> dict[str, Any] | None:
+        if not ctx.is_main:
+            return None
+        return {"model": acc.unwrap_model(model).state_dict(), "opt": opt.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "gen": gen.get_state()}, "epoch": epoch, "config": trial}
 
     loss_sum, batches, t0 = torch.zeros((), device=acc.device), 0, time.perf_counter()
     while epoch < cfg.epochs:
@@ -80,14 +80,13 @@ def train_ddpm(trial: dict[str, Any], ctx: TrialContext) -> None:
             if last and ctx.is_main:
                 m, artifacts = _evaluate(acc.unwrap_model(model), ddpm, cfg, ev, train, test, seed, ctx)
                 metrics.update(m)
-            if epoch % cfg.checkpoint_every == 0 or last:
-                checkpoint()
+            ckpt = checkpoint() if epoch % cfg.checkpoint_every == 0 or last else None
             acc.wait_for_everyone()
-            ctx.report(epoch, metrics, artifacts, tags=tags, done=last)
+            ctx.report(epoch, metrics, artifacts, tags=tags, done=last, checkpoint=ckpt)
             loss_sum.zero_()
             batches, t0 = 0, time.perf_counter()
-        elif epoch % cfg.checkpoint_every == 0:
-            checkpoint()
+        elif epoch % cfg.checkpoint_every == 0 and ctx.is_main:
+            ctx.save_checkpoint(checkpoint(), epoch)  # no report at this epoch: nothing to carry
 
 
 def _evaluate(model, ddpm, cfg, ev: dict[str, Any], train, test, seed: int, ctx: TrialContext):

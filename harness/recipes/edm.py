@@ -140,19 +140,20 @@ def train_edm(trial: dict[str, Any], ctx: TrialContext) -> None:
             seen = 0
             artifacts: list[str] = []
             tags, resume_tags = resume_tags, {}  # the resume point is told once, with the first report
+            ckpt = None
             if is_eval:
                 acc.wait_for_everyone()
                 if ctx.is_main:
                     m, artifacts, eval_tags = evaluate(ema, trial, ctx, train, step)
                     metrics.update(m)
                     tags.update(eval_tags)
-                    ctx.save_checkpoint({
+                    ckpt = {
                         "model": acc.unwrap_model(loss_module).model.state_dict(), "ema": ema.state_dict(),
                         "opt": opt.state_dict(), "batches": batches.state_dict(), "rng": _rng_state(gen),
                         "step": step, "config": trial,
-                    }, step)
+                    }
                 acc.wait_for_everyone()
-            ctx.report(step, metrics, artifacts, tags=tags, done=last)
+            ctx.report(step, metrics, artifacts, tags=tags, done=last, checkpoint=ckpt)
             t_log = time.perf_counter()
 
 

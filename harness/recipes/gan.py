@@ -111,6 +111,7 @@ def train_gan(trial: dict[str, Any], ctx: TrialContext) -> None:
             seen = 0
             artifacts: list[str] = []
             tags, resume_tags = resume_tags, {}
+            ckpt = None
             if is_eval:
                 acc.wait_for_everyone()
                 if ctx.is_main:
@@ -121,12 +122,12 @@ def train_gan(trial: dict[str, Any], ctx: TrialContext) -> None:
                                    model.parameters()), generator_params=sum(p.numel() for p in g_ema.parameters()))
                     tags.update(eval_tags)
                     model.generator, model.discriminator = acc.unwrap_model(g_net), acc.unwrap_model(d_net)
-                    ctx.save_checkpoint({
+                    ckpt = {
                         "model": model.state_dict(), "g_ema": g_ema.state_dict(), "opt_g": opt_g.state_dict(),
                         "opt_d": opt_d.state_dict(), "batches": batches.state_dict(), "rng": torch.get_rng_state(),
-                        "gen": gen.get_state(), "step": step, "config": trial}, step)
+                        "gen": gen.get_state(), "step": step, "config": trial}
                 acc.wait_for_everyone()
-            ctx.report(step, metrics, artifacts, tags=tags, done=last)
+            ctx.report(step, metrics, artifacts, tags=tags, done=last, checkpoint=ckpt)
             t_log = time.perf_counter()
 
 

@@ -129,6 +129,7 @@ def train_vdiff(trial: dict[str, Any], ctx: TrialContext) -> None:
             seen = 0
             artifacts: list[str] = []
             tags, resume_tags = resume_tags, {}
+            ckpt = None
             if is_eval:
                 acc.wait_for_everyone()
                 if ctx.is_main:
@@ -142,12 +143,12 @@ def train_vdiff(trial: dict[str, Any], ctx: TrialContext) -> None:
                     if last and cfg.interpolations:
                         grid = interpolation_grid(sample, model_cfg, cfg.interpolations, 8, seed)
                         artifacts.append(str(grid_png(grid, ctx.run_dir / "samples" / f"interp_{step:09d}.png", 8)))
-                    ctx.save_checkpoint({
+                    ckpt = {
                         "model": acc.unwrap_model(model).state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                         "sched": sched.state_dict(), "batches": batches.state_dict(), "rng": torch.get_rng_state(),
-                        "gen": gen.get_state(), "step": step, "config": trial}, step)
+                        "gen": gen.get_state(), "step": step, "config": trial}
                 acc.wait_for_everyone()
-            ctx.report(step, metrics, artifacts, tags=tags, done=last)
+            ctx.report(step, metrics, artifacts, tags=tags, done=last, checkpoint=ckpt)
             t_log = time.perf_counter()
 
 
