@@ -303,12 +303,30 @@ def _quiet_ray() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """A ``host:port`` (or ``ray://host:port``) cluster address must accept a TCP connection within ``timeout``
+    seconds; ray.init would otherwise keep retrying for minutes. ``auto`` and ``local`` are left to Ray."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UserError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}): start it with "
+                        "`ray start --head` on the head node, or fix --address / RAY_ADDRESS.") from None
+
+
 def _ray_init(address: str | None) -> None:
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        _check_reachable(address)
     try:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level="WARNING")

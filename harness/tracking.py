@@ -83,6 +83,26 @@ class TrialRun:
         return self.run_id
 
 
+def check_server(uri: str, timeout: float = 10.0) -> None:
+    """An http(s) tracking URI must answer its ``/health`` endpoint within ``timeout`` seconds (MLflow's client
+    would otherwise retry for minutes before saying the server is down)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered: a proxy or an older server without /health; the client reports real problems
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise UserError(f"cannot reach the MLflow tracking server at {uri} ({reason}): start it (e.g. `mlflow server "
+                        "--host 0.0.0.0 --port 5000 --backend-store-uri sqlite:///mlflow.db`) or fix "
+                        "--tracking-uri / MLFLOW_TRACKING_URI.") from None
+
+
 class Tracker:
     """All MLflow writes of one study invocation."""
 
@@ -91,6 +111,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri
+        check_server(tracking_uri)
         mlflow.set_tracking_uri(tracking_uri)
         try:
             self.client = MlflowClient(tracking_uri)

@@ -161,6 +161,13 @@ def test_a_diverging_trial_fails_with_its_reason_while_the_others_finish_and_sta
     assert "training loss became nan by step 2" in status.stdout
     again = harness("study", str(STUDY), *args)  # failed trials stay failed unless asked
     assert again.returncode == 1 and "0 to run, 1 failed" in again.stdout
+    retry = harness("study", str(STUDY), *args, "--retry-failed")  # only the failed trial runs again
+    assert retry.returncode == 1 and "1 done, 1 to run, 0 failed" in retry.stdout, retry.stdout[-2000:]
+    after = runs(results, "trial")
+    assert len(after) == 2  # the failed trial's run is reopened, not duplicated
+    by_lr = {r.data.tags["harness.axis.train.lr"]: r for r in after}
+    assert by_lr["1e+30"].info.status == "FAILED" and by_lr["0.0005"].info.status == "FINISHED"
+    assert by_lr["1e+30"].data.tags["harness.failure_reason"] == "training loss became nan by step 2"
 
 
 BAD_STUDIES = {
