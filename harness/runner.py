@@ -457,6 +457,26 @@ def write_tables(path, profile=None, sets=None, tracking_uri=None, results_dir=N
     return written
 
 
+def compare_study(path, by: str, metric: str | None = None, baseline: str | None = None, profile=None, sets=None,
+                  tracking_uri=None, results_dir=None, echo: Echo = print):
+    """`harness compare`: arms of ``by`` against the baseline arm, written beside the study's tables."""
+    from harness.compare import run_compare
+
+    loaded = load_study(path, profile, sets)
+    trials = expand_trials(loaded)
+    rdir = results_dir_for(loaded, results_dir)
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(rdir)
+    if not store_exists(uri):
+        raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}; run `harness study {path}` first")
+    tracker = Tracker(uri, loaded.study.name, rdir / "mlartifacts")
+    out_dir = rdir / loaded.study.name / loaded.profile
+    res, text, written = run_compare(loaded, trials, tracker, by, metric, baseline, out_dir)
+    echo(text)
+    for w in written:
+        echo(f"wrote {w}")
+    return res
+
+
 def _trial_name(tr) -> str:
     cfg = tr.config["cfg"]
     return f"{cfg['trial']['variant']}-{cfg['trial_hash']}"

@@ -225,6 +225,15 @@ def test_toy_ddpm_smoke_runs_every_substudy_and_writes_tables_and_plots(tmp_path
     complexity = pd.read_csv(out / "complexity.csv")
     assert list(complexity.setting) == ["Model 1 (1x64)", "Model 3 (64-128-128)"]
     assert complexity.paper_emd_helix.tolist() == [120.17, 89.78]
+    # arms side by side against a baseline, paired per dataset (two pairs: a wide t interval)
+    cmp = harness("compare", str(TOY), "--profile", "smoke", "--results-dir", str(results), "--by", "T",
+                  "--baseline", "50")
+    assert cmp.returncode == 0, cmp.stdout[-2000:] + cmp.stderr[-2000:]
+    table = pd.read_csv(out / "compare_train_T.csv")
+    assert {10, 50} <= set(table.arm) and table.set_index("arm").loc[50, "vs_baseline"] == "baseline"
+    row = table.set_index("arm").loc[10]
+    assert row.pairs == 2 and row.ci_low < row["diff"] < row.ci_high
+    assert (row.vs_baseline == "no clear difference") == (row.p_paired_t >= 0.05)
 
 
 @pytest.mark.parametrize(

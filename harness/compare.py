@@ -1,0 +1,170 @@
+"""`harness compare`: the arms of one study key side by side, each against the study's baseline with its uncertainty.
+
+An arm is the set of finished trials sharing one value of ``--by`` (a variant, a dataset, or any resolved config
+key such as ``train.lr``). Its value per trial is the study's table metric: the best evaluation for best-checkpoint
+studies (Table 1 style), the last one otherwise. Each arm is paired with the baseline arm trial by trial on
+everything else that identifies a trial (dataset, variant, every swept key, seed), so seed-to-seed variation
+cancels; the difference comes with a paired t-test and its 95% confidence interval (scipy) when there are at least
+two pairs, and is labelled as a single pair otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.errors import UserError
+from harness.spec import LoadedStudy, Trial
+from harness.tracking import Tracker
+
+# Metrics where higher is better; every other compared metric (FID, KID, EMD, NLL, losses, sizes) is lower-better.
+HIGHER_BETTER = {"val_accuracy", "train_accuracy", "accuracy", "images_per_s", "isc"}
+IDENTITY = ("dataset", "variant")
+
+
+def resolve_key(trials: list[Trial], by: str) -> str:
+    """``variant``, ``dataset``, a full config key (``train.lr``) or the unique key ending in ``.<by>``."""
+    if by in IDENTITY or "." in by:
+        return by
+    keys = {f"{section}.{k}" for t in trials for section in ("model", "train", "eval", "data")
+            for k in getattr(t, section)}
+    matches = sorted(k for k in keys if k.endswith(f".{by}"))
+    if len(matches) != 1:
+        raise UserError(f"--by {by!r} is {'ambiguous: ' + ', '.join(matches) if matches else 'not a config key'}; "
+                        "use variant, dataset or a full key such as train.lr")
+    return matches[0]
+
+
+def _value(t: Trial, key: str) -> Any:
+    if key in IDENTITY:
+        return getattr(t, key)
+    section, _, rest = key.partition(".")
+    conf = {"model": t.model, "train": t.train, "eval": t.eval, "data": t.data}.get(section)
+    if conf is None or rest not in conf:
+        raise UserError(f"--by {key!r} is not a key of this study's trials")
+    v = conf[rest]
+    return tuple(v) if isinstance(v, list) else v
+
+
+def trial_values(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, metric: str, best: bool,
+                 by: str) -> pd.DataFrame:
+    """One row per finished trial: its ``by`` value, the context it is paired on, its seed and metric value."""
+    swept = sorted({k for t in trials for k in t.axes for k in k.split("+")} - {by})
+    runs = tracker.trial_runs(loaded.study.name)
+    rows = []
+    for t in trials:
+        done = [r for r in runs.get(t.config_hash, []) if r.info.status == "FINISHED"]
+        if not done or done[0].data.tags.get("harness.skipped"):
+            continue
+        if best:
+            hist = tracker.client.get_metric_history(done[0].info.run_id, metric)
+            value = min((m.value for m in hist), default=math.nan)
+        else:
+            value = done[0].data.metrics.get(metric, math.nan)
+        context = tuple((k, str(_value(t, k))) for k in (*IDENTITY, *swept) if k != by)
+        rows.append({"arm": _value(t, by), "context": context, "seed": t.seed, "value": value,
+                     "diagnostic": t.diagnostic})
+    return pd.DataFrame(rows, columns=["arm", "context", "seed", "value", "diagnostic"])
+
+
+def compare_arms(df: pd.DataFrame, baseline: Any, higher_better: bool) -> pd.DataFrame:
+    """Per arm: n, mean, std, and against the baseline the paired mean difference with its 95% t interval and the
+    paired t-test's p, and a verdict (better/worse when the interval excludes 0, else no clear difference). A
+    t interval rather than a bootstrap: with 2-5 pairs a percentile bootstrap is far too narrow."""
+    from scipy import stats
+
+    base = df[df.arm == baseline].set_index(["context", "seed"]).value
+    out = []
+    for arm, g in df.groupby("arm", sort=False):
+        row: dict[str, Any] = {"arm": arm, "n": int(g.value.notna().sum()), "mean": g.value.mean(),
+                               "std": g.value.std(ddof=1) if g.value.notna().sum() > 1 else math.nan}
+        if arm == baseline:
+            row["vs_baseline"] = "baseline"
+            out.append(row)
+            continue
+        paired = g.set_index(["context", "seed"]).value.to_frame("arm").join(base.rename("base"), how="inner").dropna()
+        d = (paired["arm"] - paired["base"]).to_numpy()
+        row["pairs"] = len(d)
+        if len(d):
+            row["diff"] = float(d.mean())
+        if len(d) >= 2 and np.ptp(d) > 0:
+            test = stats.ttest_rel(paired["arm"], paired["base"])
+            ci = test.confidence_interval(0.95)  # t interval: honest for the few seeds studies have
+            row["ci_low"], row["ci_high"] = float(ci.low), float(ci.high)
+            row["p_paired_t"] = float(test.pvalue)
+            if ci.low > 0 or ci.high < 0:
+                good = (ci.low > 0) == higher_better
+                row["vs_baseline"] = "better" if good else "worse"
+            else:
+                row["vs_baseline"] = "no clear difference"
+        elif len(d) >= 2:
+            row["vs_baseline"] = "identical in every pair"
+        elif len(d) == 1:
+            row["vs_baseline"] = "one pair: no interval (add seeds)"
+        else:
+            row["vs_baseline"] = "no paired trial"
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if isinstance(v, float):
+        return "–" if math.isnan(v) else f"{v:.{digits}g}"
+    return str(v)
+
+
+def markdown(res: pd.DataFrame, caption: str) -> str:
+    cols = ["arm", "n", "mean ± std", "pairs", "diff vs baseline", "95% CI (paired t)", "p (paired t)", "verdict"]
+    lines = [caption, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in res.to_dict("records"):
+        low = r.get("ci_low", math.nan)
+        ci = f"[{_fmt(low)}, {_fmt(r['ci_high'])}]" if isinstance(low, float) and not math.isnan(low) else "–"
+        cells = [str(r["arm"]), str(r["n"]), f"{_fmt(float(r['mean']))} ± {_fmt(float(r['std']))}",
+                 _fmt(r.get("pairs", math.nan)) if r["vs_baseline"] != "baseline" else "–",
+                 _fmt(r.get("diff", math.nan)), ci, _fmt(r.get("p_paired_t", math.nan), 3), r["vs_baseline"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_compare(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, by: str, metric: str | None,
+                baseline: str | None, out_dir: Path) -> tuple[pd.DataFrame, str, list[Path]]:
+    """Compare the study's arms along ``by``; writes compare_<by>.{md,csv} under ``out_dir``."""
+    from harness.tables_settings import CLASSIFIER_METRICS, METRICS
+
+    s = loaded.study
+    key = resolve_key(trials, by)
+    name = metric or s.table.metric
+    if s.eval.extractor == "classifier" and name in CLASSIFIER_METRICS:
+        metric_key = CLASSIFIER_METRICS[name][1]
+    else:
+        metric_key = METRICS[name][1] if name in METRICS else name
+    df = trial_values(loaded, trials, tracker, metric_key, s.table.kind == "best_checkpoint", key)
+    if df.empty or df.value.isna().all():
+        raise UserError(f"no finished trial of {s.name} (profile {loaded.profile}) has metric {metric_key!r}")
+    arms = list(dict.fromkeys(df.arm))
+    if baseline is None:
+        base = arms[0]
+    else:
+        found = [a for a in arms if str(a) == baseline]
+        if not found:
+            raise UserError(f"--baseline {baseline!r} is not one of the arms of {key}: {', '.join(map(str, arms))}")
+        base = found[0]
+    higher = metric_key in HIGHER_BETTER
+    res = compare_arms(df, base, higher)
+    seeds = sorted(set(df.seed))
+    caption = (f"{s.name}, profile `{loaded.profile}`: arms of `{key}` on `{metric_key}` "
+               f"({'higher' if higher else 'lower'} is better; {'best evaluation' if s.table.kind == 'best_checkpoint' else 'final value'} "  # noqa: E501
+               f"per trial), each paired with baseline `{base}` on everything else that identifies a trial "
+               f"(seeds {', '.join(map(str, seeds))}). diff: mean paired difference (arm - baseline), with its 95% "
+               "t interval and the paired t-test's p.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = "compare_" + key.replace(".", "_")
+    md, csv = out_dir / f"{stem}.md", out_dir / f"{stem}.csv"
+    text = markdown(res, caption)
+    md.write_text(f"# {s.name}: {key}\n\n{text}")
+    res.to_csv(csv, index=False)
+    return res, text, [md, csv]

@@ -1,0 +1,53 @@
+"""`harness compare`: pairing, intervals and verdicts on made-up trial values (no training)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.compare import compare_arms, markdown
+
+
+def frame(values: dict[str, list[float]], contexts=("a", "b")) -> pd.DataFrame:
+    rows = []
+    for arm, vals in values.items():
+        for i, v in enumerate(vals):
+            rows.append({"arm": arm, "context": (("dataset", contexts[i % len(contexts)]),), "seed": i // 2,
+                         "value": v, "diagnostic": False})
+    return pd.DataFrame(rows)
+
+
+def test_a_consistent_paired_improvement_is_better_with_an_interval_excluding_zero():
+    rng = np.random.default_rng(0)
+    base = list(50 + 10 * rng.standard_normal(8))  # large spread between contexts and seeds
+    arm = [b - 2 + 0.1 * rng.standard_normal() for b in base]  # but 2 lower in every pair
+    res = compare_arms(frame({"D8": base, "D2S8I": arm}), "D8", higher_better=False).set_index("arm")
+    r = res.loc["D2S8I"]
+    assert r.pairs == 8 and r["diff"] == pytest.approx(-2, abs=0.1)
+    assert r.ci_high < 0 and r.p_paired_t < 1e-6 and r.vs_baseline == "better"
+    assert res.loc["D8"].vs_baseline == "baseline"
+    # unpaired, the spread would hide it: the arms' std is far larger than the difference
+    assert res.loc["D8", "std"] > 5
+    assert compare_arms(frame({"D8": base, "D2S8I": arm}), "D8", higher_better=True).set_index("arm").loc[
+        "D2S8I"].vs_baseline == "worse"
+
+
+def test_noise_gives_no_clear_difference_and_one_pair_no_interval():
+    rng = np.random.default_rng(1)
+    base = list(rng.standard_normal(6))
+    noisy = list(rng.standard_normal(6))
+    r = compare_arms(frame({"x": base, "y": noisy}), "x", False).set_index("arm").loc["y"]
+    assert r.ci_low < 0 < r.ci_high and r.vs_baseline == "no clear difference"
+    single = compare_arms(frame({"x": [1.0], "y": [0.5]}), "x", False).set_index("arm").loc["y"]
+    assert single.pairs == 1 and single["diff"] == -0.5 and single.vs_baseline.startswith("one pair")
+    unpaired = frame({"x": [1.0], "y": [0.5]}, contexts=("a",))
+    unpaired.loc[unpaired.arm == "y", "context"] = [(("dataset", "other"),)]
+    assert compare_arms(unpaired, "x", False).set_index("arm").loc["y"].vs_baseline == "no paired trial"
+
+
+def test_markdown_has_a_row_per_arm_and_the_caption():
+    res = compare_arms(frame({"x": [1.0, 2.0], "y": [0.0, 1.5]}), "x", False)
+    text = markdown(res, "caption here")
+    assert text.startswith("caption here") and text.count("\n| ") == 3  # header + 2 arms
+    assert "| x | 2 | 1.5 ± 0.7071 | – | – | – | – | baseline |" in text
