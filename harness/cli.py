@@ -188,16 +188,18 @@ def table(study_file, profile, sets, tracking_uri, results_dir) -> None:
               "(train.lr, or just lr when unique).")
 @click.option("--metric", default=None, help="Metric to compare (default: the study's table metric, e.g. fid).")
 @click.option("--baseline", default=None, help="The arm the others are compared with (default: the first arm).")
+@click.option("--substudy", default=None, help="Only this substudy's trials (default: the substudies that vary the "
+              "key).")
 @_profile
 @_sets
 @_tracking
 @_results
-def compare(study_file, by, metric, baseline, profile, sets, tracking_uri, results_dir) -> None:
+def compare(study_file, by, metric, baseline, substudy, profile, sets, tracking_uri, results_dir) -> None:
     """Arms of STUDY_FILE side by side (mean ± std over seeds), each paired with the baseline arm: mean difference,
     95% interval and paired t-test; writes results/<study>/<profile>/compare_<key>.{md,csv}."""
     from harness.runner import compare_study
 
-    compare_study(study_file, by, metric, baseline, profile, parse_sets(sets), tracking_uri, results_dir,
+    compare_study(study_file, by, metric, baseline, profile, parse_sets(sets), tracking_uri, results_dir, substudy,
                   echo=click.echo)
 
 

@@ -130,8 +130,26 @@ def markdown(res: pd.DataFrame, caption: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _question_trials(loaded: LoadedStudy, trials: list[Trial], key: str, substudy: str | None) -> list[Trial]:
+    """In a study made of substudies, the trials of the substudies that vary ``key`` (or of ``substudy``): the
+    baseline arm is then the baseline of that question, not every trial that happens to share its value."""
+    names = [name for name, _ in loaded.parts if name]
+    if not names:
+        return trials
+    if substudy is not None:
+        if substudy not in names:
+            raise UserError(f"--substudy {substudy!r} is not one of {', '.join(names)}")
+        chosen = {substudy}
+    else:
+        chosen = {n for n in names if len({_value(t, key) for t in trials if n in t.substudies}) > 1}
+        if not chosen:
+            raise UserError(f"no substudy of {loaded.study.name} varies {key}; pick one with --substudy")
+    return [t for t in trials if chosen & set(t.substudies)]
+
+
 def run_compare(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, by: str, metric: str | None,
-                baseline: str | None, out_dir: Path) -> tuple[pd.DataFrame, str, list[Path]]:
+                baseline: str | None, out_dir: Path, substudy: str | None = None
+                ) -> tuple[pd.DataFrame, str, list[Path]]:
     """Compare the study's arms along ``by``; writes compare_<by>.{md,csv} under ``out_dir``."""
     from harness.tables_settings import CLASSIFIER_METRICS, METRICS
 
@@ -142,6 +160,7 @@ def run_compare(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, by: 
         metric_key = CLASSIFIER_METRICS[name][1]
     else:
         metric_key = METRICS[name][1] if name in METRICS else name
+    trials = _question_trials(loaded, trials, key, substudy)
     df = trial_values(loaded, trials, tracker, metric_key, s.table.kind == "best_checkpoint", key)
     if df.empty or df.value.isna().all():
         raise UserError(f"no finished trial of {s.name} (profile {loaded.profile}) has metric {metric_key!r}")

@@ -458,7 +458,7 @@ def write_tables(path, profile=None, sets=None, tracking_uri=None, results_dir=N
 
 
 def compare_study(path, by: str, metric: str | None = None, baseline: str | None = None, profile=None, sets=None,
-                  tracking_uri=None, results_dir=None, echo: Echo = print):
+                  tracking_uri=None, results_dir=None, substudy: str | None = None, echo: Echo = print):
     """`harness compare`: arms of ``by`` against the baseline arm, written beside the study's tables."""
     from harness.compare import run_compare
 
@@ -470,7 +470,7 @@ def compare_study(path, by: str, metric: str | None = None, baseline: str | None
         raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}; run `harness study {path}` first")
     tracker = Tracker(uri, loaded.study.name, rdir / "mlartifacts")
     out_dir = rdir / loaded.study.name / loaded.profile
-    res, text, written = run_compare(loaded, trials, tracker, by, metric, baseline, out_dir)
+    res, text, written = run_compare(loaded, trials, tracker, by, metric, baseline, out_dir, substudy)
     echo(text)
     for w in written:
         echo(f"wrote {w}")
