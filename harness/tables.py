@@ -166,15 +166,25 @@ def fid_over_steps_plot(hist: pd.DataFrame, dkey: str, label: str, caption: str,
 
 
 def write_study_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, results_dir: Path) -> list[Path]:
-    """Write results/<study>/<profile>/: table1.{md,csv,tex} and fid_over_steps.png. Returns the paths written."""
+    """Write results/<study>/<profile>/: the tables and plots of the study's table kind (best_checkpoint:
+    table1.{md,csv,tex} and fid_over_steps.png) and the Pareto plot. Returns the paths written."""
+    from harness.pareto import write_pareto
+
     s = loaded.study
+    out_dir = results_dir / s.name / loaded.profile
     if s.table.kind == "settings":
         from harness.tables_settings import write_settings_tables
 
-        return write_settings_tables(loaded, trials, tracker, results_dir)
-    if s.table.kind != "best_checkpoint":
+        written = write_settings_tables(loaded, trials, tracker, results_dir)
+    elif s.table.kind == "best_checkpoint":
+        written = _write_best_checkpoint(loaded, trials, tracker, out_dir)
+    else:
         raise ValueError(f"unknown table kind {s.table.kind!r}")
-    out_dir = results_dir / s.name / loaded.profile
+    return written + write_pareto(loaded, trials, tracker, out_dir)
+
+
+def _write_best_checkpoint(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, out_dir: Path) -> list[Path]:
+    s = loaded.study
     out_dir.mkdir(parents=True, exist_ok=True)
     df, caption = best_checkpoint_table(loaded, trials, tracker)
     dkey, kkey, label = metric_names(s.eval.extractor)

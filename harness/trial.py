@@ -181,11 +181,18 @@ def _run_recipe(config: dict[str, Any], report_fn, rank: int, world_size: int) -
     trial = config["trial"]
     where = _where()
     first = [True]
+    sampler = None
+    if rank == 0:
+        from harness.sysmetrics import SystemSampler
 
-    def report(payload: dict[str, Any]) -> None:  # the first report of each (re)start says where the trial runs
-        if first[0]:
+        sampler = SystemSampler()
+
+    def report(payload: dict[str, Any]) -> None:
+        if first[0]:  # the first report of each (re)start says where the trial runs
             payload = {**payload, "tags": {**where, **payload.get("tags", {})}}
             first[0] = False
+        if sampler is not None:  # CPU/GPU utilisation and memory since the previous report
+            payload = {**payload, "metrics": {**payload.get("metrics", {}), **sampler.take()}}
         report_fn(payload)
 
     ctx = TrialContext(trial, config["paths"], report, rank, world_size, config["resources"]["cpus_per_worker"])
@@ -205,6 +212,9 @@ def _run_recipe(config: dict[str, Any], report_fn, rank: int, world_size: int) -
         if ctx.is_main:  # the reason the driver records in MLflow and the table
             failure.write_text(str(e) if isinstance(e, TrialFailed) else f"{type(e).__name__}: {e}")
         raise
+    finally:
+        if sampler is not None:
+            sampler.close()
 
 
 def train_worker(config: dict[str, Any]) -> None:

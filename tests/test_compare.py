@@ -51,3 +51,12 @@ def test_markdown_has_a_row_per_arm_and_the_caption():
     text = markdown(res, "caption here")
     assert text.startswith("caption here") and text.count("\n| ") == 3  # header + 2 arms
     assert "| x | 2 | 1.5 ± 0.7071 | – | – | – | – | baseline |" in text
+
+
+def test_pareto_front_keeps_exactly_the_undominated_points():
+    from harness.pareto import pareto_mask
+
+    cost = np.array([1, 2, 3, 4, 5, 2, np.nan])
+    quality = np.array([5, 3, 4, 1, 1, 3, 0])  # (2, 3) twice: ties dominate neither; NaN is never on the front
+    assert pareto_mask(cost, quality, higher_better=False).tolist() == [True, True, False, True, False, True, False]
+    assert pareto_mask(cost, quality, higher_better=True).tolist() == [True, False, False, False, False, False, False]

@@ -57,6 +57,10 @@ def test_smoke_study_end_to_end_through_ray_train_then_rerun_trains_nothing(tmp_
         assert [m.step for m in c.get_metric_history(r.info.run_id, "loss")] == [2, 4]
         assert [m.step for m in c.get_metric_history(r.info.run_id, "fd_classifier")] == [2, 4]
         assert c.get_metric_history(r.info.run_id, "n_samples")[0].value == 16
+        # system metrics (MLflow's monitors, sampled in the trial process, logged by the driver)
+        assert 0 <= r.data.metrics["system/cpu_utilization_percentage"] <= 100
+        assert r.data.metrics["system/trial_memory_megabytes"] > 50
+        assert r.data.tags["harness.node_id"] and int(r.data.tags["harness.pid"]) > 0
         assert "fid" not in r.data.metrics  # a classifier-feature distance is never recorded as FID
         arts = {a.path for a in c.list_artifacts(r.info.run_id)}
         assert {"config", "samples"} <= arts
@@ -73,6 +77,9 @@ def test_smoke_study_end_to_end_through_ray_train_then_rerun_trains_nothing(tmp_
     md = (table_dir / "table1.md").read_text()
     assert "profile `smoke`" in md and "n = 16" in md and "not FID" in md
     assert (table_dir / "fid_over_steps.png").stat().st_size > 10_000
+    pareto = pd.read_csv(table_dir / "pareto_fd_classifier.csv")  # quality against params, FLOPs and wall time
+    assert len(pareto) == 8 and pareto.front_params.any() and (pareto.train_pflops > 0).all()
+    assert (table_dir / "pareto_fd_classifier.png").stat().st_size > 10_000
     assert (table_dir / "table1.tex").read_text().startswith("\\begin{table}")
 
     again = harness("study", str(STUDY), "--profile", "smoke", "--results-dir", str(results),
@@ -218,7 +225,8 @@ def test_toy_ddpm_smoke_runs_every_substudy_and_writes_tables_and_plots(tmp_path
     readme = (out / "README.md").read_text()
     for part in ("epochs", "complexity", "diffusion_steps", "noise_schedule", "beta_range"):
         assert f"## {part}" in readme and (out / f"{part}.csv").exists()
-    for plot in ("epochs_emd.png", "complexity_nll.png", "diffusion_steps_emd.png", "points.png"):
+    plots = ("epochs_emd.png", "complexity_nll.png", "diffusion_steps_emd.png", "points.png", "pareto_emd_test.png")
+    for plot in plots:
         assert (out / plot).stat().st_size > 5000
     # the homework's numbers stand beside ours
     assert "Paper EMD (sin_5_5)" in readme and "Model 1 (1x64)" in readme and "lbeta=1.28e-2 ubeta=1e-3" in readme

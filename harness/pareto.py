@@ -1,0 +1,148 @@
+"""Pareto plots: a study's quality metric against parameters, training FLOPs and wall time, with the front marked.
+
+One point per trial configuration (mean over seeds), one row of panels per dataset (qualities of different datasets
+are not comparable). Training FLOPs are estimated as 3 x the zoo's analytic forward FLOPs per sample x the samples
+seen (steps x global batch; forward + backward ~ 3 forwards), so they exist only for step-based recipes. The front
+holds the configurations no other one beats on both axes (lower cost, better quality).
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.spec import LoadedStudy, Trial
+from harness.tracking import Tracker
+
+COSTS = (("params", "parameters", True), ("train_pflops", "training PFLOPs (estimate)", True),
+         ("wall_min", "wall time per trial (min)", False))
+
+
+def pareto_mask(cost: np.ndarray, quality: np.ndarray, higher_better: bool) -> np.ndarray:
+    """True where no other point has cost <= and quality at least as good, with one of them strictly better."""
+    q = quality if higher_better else -quality
+    keep = np.ones(len(cost), dtype=bool)
+    for i in range(len(cost)):
+        if math.isnan(cost[i]) or math.isnan(q[i]):
+            keep[i] = False
+            continue
+        dominated = (cost <= cost[i]) & (q >= q[i]) & ((cost < cost[i]) | (q > q[i]))
+        keep[i] = not dominated.any()
+    return keep
+
+
+def pareto_frame(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, metric_key: str,
+                 best: bool) -> pd.DataFrame:
+    """One row per finished trial: dataset, label (variant + axes), seed, quality, params, training PFLOPs, wall."""
+    runs = tracker.trial_runs(loaded.study.name)
+    rows = []
+    for t in trials:
+        done = [r for r in runs.get(t.config_hash, []) if r.info.status == "FINISHED"]
+        if not done or done[0].data.tags.get("harness.skipped"):
+            continue
+        run = done[0]
+        if best:
+            value = min((m.value for m in tracker.client.get_metric_history(run.info.run_id, metric_key)),
+                        default=math.nan)
+        else:
+            value = run.data.metrics.get(metric_key, math.nan)
+        steps, batch = t.train.get("steps"), t.train.get("batch_size")
+        flops = 3 * t.gflops * 1e9 * steps * batch / 1e15 if steps and batch and "epochs" not in t.train else math.nan
+        wall = (run.info.end_time - run.info.start_time) / 60000 if run.info.end_time else math.nan
+        label = " ".join(x for x in (t.variant, t.axes_text()) if x)
+        rows.append({"dataset": t.dataset, "label": label, "seed": t.seed, "quality": value, "params": t.params,
+                     "train_pflops": flops, "wall_min": wall, "diagnostic": t.diagnostic})
+    return pd.DataFrame(rows)
+
+
+def pareto_plot(df: pd.DataFrame, quality_label: str, higher_better: bool, caption: str, path: Path) -> Path | None:
+    """Rows: datasets; columns: the costs that are known. Front points are ringed, joined and named."""
+    if df.empty or df.quality.isna().all():
+        return None
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    agg = (df.groupby(["dataset", "label"], sort=False)
+           .agg(quality=("quality", "mean"), params=("params", "first"), train_pflops=("train_pflops", "first"),
+                wall_min=("wall_min", "mean"), seeds=("seed", "nunique")).reset_index())
+    costs = [c for c in COSTS if agg[c[0]].notna().any()]
+    datasets = list(dict.fromkeys(agg.dataset))
+    fig, axes = plt.subplots(len(datasets), len(costs), figsize=(4.6 * len(costs), 3.8 * len(datasets)),
+                             squeeze=False)
+    palette = dict(zip(agg.label.unique(), sns.color_palette("husl", agg.label.nunique())))
+    for r, dataset in enumerate(datasets):
+        sub = agg[agg.dataset == dataset]
+        for c, (key, xlabel, log) in enumerate(costs):
+            ax = axes[r][c]
+            sns.scatterplot(data=sub, x=key, y="quality", hue="label", palette=palette, ax=ax, s=45, legend=False)
+            front = sub[pareto_mask(sub[key].to_numpy(float), sub.quality.to_numpy(float), higher_better)]
+            front = front.sort_values(key)
+            ax.plot(front[key], front.quality, drawstyle="steps-post", color="black", lw=1, zorder=1)
+            ax.scatter(front[key], front.quality, s=140, facecolors="none", edgecolors="black", zorder=3)
+            for _, p in front.iterrows():
+                ax.annotate(p.label, (p[key], p.quality), fontsize=6, xytext=(4, 4), textcoords="offset points")
+            if log and (sub[key] > 0).all() and sub[key].max() > 3 * sub[key].min():
+                ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter())
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"{quality_label} ({dataset})" if c == 0 else "")
+            ax.set_title(f"{dataset}: Pareto front ({'higher' if higher_better else 'lower'} is better)", fontsize=8)
+    handles = [plt.Line2D([], [], marker="o", ls="", color=palette[k], label=k) for k in palette]
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+    fig.tight_layout()
+    fig.text(0.01, -0.01, textwrap.fill(caption, 150), fontsize=6, ha="left", va="top")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def write_pareto(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, out_dir: Path) -> list[Path]:
+    """pareto_<metric>.png and .csv (every configuration with its costs and whether it is on a front)."""
+    from harness.compare import HIGHER_BETTER
+    from harness.tables_settings import CLASSIFIER_METRICS, METRICS
+
+    s = loaded.study
+    name = s.table.metric
+    if s.eval.extractor == "classifier" and name in CLASSIFIER_METRICS:
+        label, key = CLASSIFIER_METRICS[name]
+    else:
+        label, key = METRICS.get(name, (name, name))
+    df = pareto_frame(loaded, trials, tracker, key, s.table.kind == "best_checkpoint")
+    if df.empty or df.quality.isna().all():
+        return []
+    higher = key in HIGHER_BETTER
+    steps = sorted({t.train.get("steps") or t.train.get("epochs") for t in trials})
+    caption = (f"{s.name}, profile `{loaded.profile}`: {label} ({'best evaluation' if s.table.kind == 'best_checkpoint' else 'final value'}, "  # noqa: E501
+               f"mean over seeds) against parameters, estimated training FLOPs (3 x forward FLOPs x steps x batch; "
+               f"step-based recipes only) and wall time per trial; {'/'.join(map(str, steps))} "
+               f"{'steps' if any('steps' in t.train for t in trials) else 'epochs'}. Ringed and joined: the Pareto "
+               "front (no other configuration is cheaper and at least as good). Wall times are CPU-scale and depend "
+               "on what ran beside each trial.")
+    stem = f"pareto_{key}"
+    written = []
+    fig = pareto_plot(df, label, higher, caption, out_dir / f"{stem}.png")
+    if fig:
+        written.append(fig)
+    agg = df.groupby(["dataset", "label"], sort=False).agg(
+        quality=("quality", "mean"), params=("params", "first"), train_pflops=("train_pflops", "first"),
+        wall_min=("wall_min", "mean"), seeds=("seed", "nunique")).reset_index()
+    for key_cost, _, _ in COSTS:
+        agg[f"front_{key_cost}"] = False
+        for idx in agg.groupby("dataset").groups.values():
+            sub = agg.loc[idx]
+            agg.loc[idx, f"front_{key_cost}"] = pareto_mask(sub[key_cost].to_numpy(float),
+                                                            sub.quality.to_numpy(float), higher)
+    csv = out_dir / f"{stem}.csv"
+    agg.rename(columns={"quality": key}).to_csv(csv, index=False)
+    written.append(csv)
+    return written

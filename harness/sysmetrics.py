@@ -1,0 +1,68 @@
+"""System metrics of a trial process, sent with its reports so the driver stays MLflow's only writer.
+
+MLflow's own monitors (CPU and memory always; GPU when ``nvidia-ml-py`` finds one) are sampled on a background
+thread every few seconds; each report carries their means since the previous report under MLflow's ``system/``
+names, which the MLflow UI shows in a run's system-metrics tab, plus the trial's own resident memory (its process
+and children). ``mlflow.start_run(log_system_metrics=True)`` would log the same from each trial process itself,
+which would make every worker a writer to the (possibly SQLite) store.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+
+class SystemSampler:
+    def __init__(self, interval_s: float = 5.0) -> None:
+        import psutil
+        from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+
+        self._monitors: list[Any] = [CPUMonitor()]
+        try:
+            from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+
+            self._monitors.append(GPUMonitor())
+        except (ImportError, RuntimeError):  # no nvidia-ml-py or no GPU: CPU metrics only
+            pass
+        self._proc = psutil.Process()
+        self._rss: list[float] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._interval = interval_s
+        self._sample()  # psutil.cpu_percent's first call only sets its reference point
+        for m in self._monitors:
+            m.clear_metrics()
+        self._rss.clear()
+        self._thread = threading.Thread(target=self._run, name="harness-system-metrics", daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        with self._lock:
+            for m in self._monitors:
+                m.collect_metrics()
+            try:
+                procs = [self._proc, *self._proc.children(recursive=True)]
+                self._rss.append(sum(p.memory_info().rss for p in procs) / 1e6)
+            except Exception:  # noqa: BLE001 - a child may exit between listing and reading it
+                pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._sample()
+
+    def take(self) -> dict[str, float]:
+        """Means since the last call, as ``system/<name>``; empty when no sample was taken in between."""
+        with self._lock:
+            out: dict[str, float] = {}
+            for m in self._monitors:
+                if any(m.metrics.values()):
+                    out.update({f"system/{k}": float(v) for k, v in m.aggregate_metrics().items()})
+                m.clear_metrics()
+            if self._rss:
+                out["system/trial_memory_megabytes"] = round(sum(self._rss) / len(self._rss), 1)
+            self._rss.clear()
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
