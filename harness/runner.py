@@ -95,14 +95,27 @@ def trial_table(plan: Plan) -> str:
     return format_table(rows, cols)
 
 
-def _check_data(loaded: LoadedStudy) -> None:
-    """Load each dataset's training split once so missing data fails before any run is created."""
+def _check_data(loaded: LoadedStudy) -> dict[str, str]:
+    """Load each dataset's training split once so missing data fails before any run is created; returns each
+    dataset's content fingerprint. The config hash leaves out where data lives (data.root), so the fingerprint is
+    what tells a trial trained on other files (or on generated stand-ins) apart: runs record it, and a run with
+    another fingerprint does not count as this trial's."""
     from harness.recipes import get_recipe
 
     load = get_recipe(loaded.study.recipe).load_data_fn()
     data = {**dataclasses.asdict(loaded.study.data), "root": str(loaded.data_root())}
-    for name in dict.fromkeys(d for _, part in loaded.parts for d in part.datasets):
-        load(name, data, "train", download=loaded.study.data.download)
+    return {name: load(name, data, "train", download=loaded.study.data.download).content_hash()[:16]
+            for name in dict.fromkeys(d for _, part in loaded.parts for d in part.datasets)}
+
+
+def _data_hashes_if_available(loaded: LoadedStudy) -> dict[str, str] | None:
+    """Fingerprints for commands that only read the store (status, table, compare, --dry-run): without the data
+    they cannot tell runs on other data apart, and say so in a warning instead of failing."""
+    try:
+        return _check_data(loaded)
+    except UserError as e:
+        print(f"warning: {e} (runs are not told apart by the data they used)", file=sys.stderr)
+        return None
 
 
 def run_study(
@@ -128,12 +141,15 @@ def run_study(
                                         "gives FID/KID offline)"))
     if dry_run:
         tracker = Tracker(uri, s.name, rdir / "mlartifacts") if store_exists(uri) else None
+        if tracker is not None:
+            tracker.data_hashes = _data_hashes_if_available(loaded)
         plan = plan_study(loaded, tracker)
         echo(f"study {s.name} [profile {loaded.profile}]: {len(trials)} trials")
         echo(trial_table(plan))
         return plan
-    _check_data(loaded)
+    data_hashes = _check_data(loaded)
     tracker = Tracker(uri, s.name, rdir / "mlartifacts")
+    tracker.data_hashes = data_hashes
     plan = plan_study(loaded, tracker, retry_failed)
     todo = [t for t in plan.trials if plan.state[t.config_hash] in ("new", "resume")]
     done = sum(v == "done" for v in plan.state.values())
@@ -185,9 +201,11 @@ def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, add
             tags = {**common_tags, f"{TAG}kind": KIND_TRIAL, f"{TAG}config_hash": h, f"{TAG}variant": t.variant,
                     f"{TAG}dataset": t.dataset, f"{TAG}seed": str(t.seed), f"{TAG}params": str(t.params),
                     f"{TAG}diagnostic": str(t.diagnostic).lower(), f"{TAG}substudies": ",".join(t.substudies),
+                    **({f"{TAG}data_hash": tracker.data_hashes[t.dataset]}
+                       if tracker.data_hashes and t.dataset in tracker.data_hashes else {}),
                     **{mlflow_key(f"{TAG}axis.{k}"): str(v) for k, v in t.axes.items()}}
             runs[h] = TrialRun("", "RUNNING", pending=(parent, t.run_name, tags, {**t.resolved(), "axes": t.axes}))
-        configs.append(_trial_config(t, loaded, rdir))
+        configs.append(_trial_config(t, loaded, rdir, (tracker.data_hashes or {}).get(t.dataset, "")))
 
     res = s.resources
     use_train = res.workers > 1 or res.ray_train == "always"
@@ -255,7 +273,7 @@ def schedule_order(todo: list[Trial]) -> list[Trial]:
     return [todo[i] for i in order]
 
 
-def _trial_config(t: Trial, loaded: LoadedStudy, rdir: Path) -> dict[str, Any]:
+def _trial_config(t: Trial, loaded: LoadedStudy, rdir: Path, data_hash: str = "") -> dict[str, Any]:
     run_dir = rdir / "runs" / loaded.study.name / t.config_hash
     # Trials sharing a trained model keep its checkpoints in one place (a lock decides who trains it).
     train_dir = rdir / "runs" / loaded.study.name / "trained" / t.train_hash if t.train_hash else run_dir
@@ -267,6 +285,7 @@ def _trial_config(t: Trial, loaded: LoadedStudy, rdir: Path) -> dict[str, Any]:
             "run_dir": str(run_dir), "train_dir": str(train_dir), "cache_dir": str(rdir / "cache"),
             "data_root": str(loaded.data_root()), "ray_storage": str(rdir / "ray"),
         },
+        "data_hash": data_hash,
     }
 
 
@@ -422,6 +441,8 @@ def study_status(path, profile=None, sets=None, tracking_uri=None, results_dir=N
     rdir = results_dir_for(loaded, results_dir)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(rdir)
     tracker = Tracker(uri, loaded.study.name, rdir / "mlartifacts") if store_exists(uri) else None
+    if tracker is not None:
+        tracker.data_hashes = _data_hashes_if_available(loaded)
     plan = plan_study(loaded, tracker)
     status = trial_status(plan)
     rows = [{"variant": t.variant, "dataset": t.dataset, "substudies": ",".join(t.substudies),
@@ -451,7 +472,9 @@ def write_tables(path, profile=None, sets=None, tracking_uri=None, results_dir=N
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(rdir)
     if not store_exists(uri):
         raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}; run `harness study {path}` first")
-    written = write_study_tables(loaded, trials, Tracker(uri, loaded.study.name, rdir / "mlartifacts"), rdir)
+    tracker = Tracker(uri, loaded.study.name, rdir / "mlartifacts")
+    tracker.data_hashes = _data_hashes_if_available(loaded)
+    written = write_study_tables(loaded, trials, tracker, rdir)
     for w in written:
         echo(f"wrote {w}")
     return written
@@ -469,6 +492,7 @@ def compare_study(path, by: str, metric: str | None = None, baseline: str | None
     if not store_exists(uri):
         raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}; run `harness study {path}` first")
     tracker = Tracker(uri, loaded.study.name, rdir / "mlartifacts")
+    tracker.data_hashes = _data_hashes_if_available(loaded)
     out_dir = rdir / loaded.study.name / loaded.profile
     res, text, written = run_compare(loaded, trials, tracker, by, metric, baseline, out_dir, substudy)
     echo(text)

@@ -126,8 +126,13 @@ class Tracker:
             self.experiment_id = exp.experiment_id
 
     # ------------------------------------------------------------------------------------------------- queries
+    # dataset name -> content fingerprint of the data this invocation uses; when set, runs that recorded another
+    # fingerprint for their dataset (the same config on other data, e.g. another data.root) are not this study's
+    data_hashes: dict[str, str] | None = None
+
     def trial_runs(self, study: str) -> dict[str, list[Any]]:
-        """All trial runs of ``study`` by config hash (newest first)."""
+        """All trial runs of ``study`` by config hash (newest first), without runs trained on other data than
+        ``data_hashes`` says (runs from before fingerprints were recorded are kept)."""
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{TAG}study` = '{study}' and tags.`{TAG}kind` = '{KIND_TRIAL}'",
@@ -136,6 +141,11 @@ class Tracker:
         )
         out: dict[str, list[Any]] = {}
         for r in runs:
+            if self.data_hashes is not None:
+                recorded = r.data.tags.get(f"{TAG}data_hash")
+                current = self.data_hashes.get(r.data.tags.get(f"{TAG}dataset", ""))
+                if recorded and current and recorded != current:
+                    continue
             out.setdefault(r.data.tags.get(f"{TAG}config_hash", ""), []).append(r)
         return out
 

@@ -225,11 +225,29 @@ def train_worker(config: dict[str, Any]) -> None:
     _run_recipe(config, lambda m: ray.train.report(m), tc.get_world_rank(), tc.get_world_size())
 
 
+def claim_for_data(directory: Path, data_hash: str) -> None:
+    """Checkpoints in ``directory`` belong to the data they were trained on: when this trial's data (same config,
+    e.g. another data.root) has another fingerprint, the old checkpoints move aside to checkpoints-data-<old>
+    instead of being resumed. Directories from before fingerprints were recorded are taken as they are."""
+    if not data_hash:
+        return
+    mark = directory / "data_hash"
+    old = mark.read_text().strip() if mark.is_file() else ""
+    ckpt = directory / "checkpoints"
+    if old and old != data_hash and ckpt.exists():
+        with contextlib.suppress(FileNotFoundError):  # a trial sharing the directory moved them first
+            ckpt.rename(directory / f"checkpoints-data-{old}")
+    directory.mkdir(parents=True, exist_ok=True)
+    mark.write_text(data_hash + "\n")
+
+
 def tune_trial(config: dict[str, Any]) -> None:
     """The Tune trainable: the recipe directly (one worker) or through a TorchTrainer (several workers)."""
     from ray import tune
 
     config = config["cfg"]  # Tune's param space is {"cfg": grid_search([...])}
+    for key in ("run_dir", "train_dir"):  # before any worker can load a checkpoint
+        claim_for_data(Path(config["paths"][key]), config.get("data_hash", ""))
     res = config["resources"]
     if res["workers"] > 1 or res["ray_train"] == "always":
         import ray.train

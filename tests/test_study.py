@@ -291,3 +291,41 @@ def test_mnist_compression_smoke_measures_every_arm_and_skips_bitsandbytes_on_cp
     readme = (results / "mnist_compression" / "smoke" / "README.md").read_text()
     assert "Skipped: bitsandbytes" in readme and "L1 30 Global" in readme and "2 Groups" in readme
     assert "Best NCSN" in readme and "Best DDPM" in readme  # Table 9: the same trials, not trained again
+
+
+def test_the_same_config_on_other_data_is_another_trial_and_does_not_resume_its_checkpoint(tmp_path):
+    # data.root is not part of the config hash (paths are not results), so the data's content fingerprint is what
+    # tells a run on generated stand-ins from a run on the real files.
+    import numpy as np
+
+    base = yaml.safe_load(TOY.read_text())
+    study = {k: v for k, v in base.items() if k not in ("substudies", "profiles", "default_profile")}
+    study.update(datasets=["helix"], variants=["toy-mlp-1x64"], seeds=[0],
+                 train={**base["train"], "epochs": 2, "log_every": 1, "checkpoint_every": 1},
+                 eval={**base["eval"], "runs": 1, "emd_n": 16})
+    (tmp_path / "studies").mkdir()
+    path = tmp_path / "studies" / "pts.yaml"
+    path.write_text(yaml.safe_dump(study))
+    files = tmp_path / "files"
+    files.mkdir()
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        np.save(files / f"helix_3D_{split}.npy", rng.normal(size=(300, 3)))  # the homework's file names
+    results = tmp_path / "results"
+    first = harness("study", str(path), "--results-dir", str(results))  # no data/ folder: generated stand-ins
+    assert first.returncode == 0 and "1 to run" in first.stdout, first.stdout[-2000:] + first.stderr[-2000:]
+    again = harness("study", str(path), "--results-dir", str(results))
+    assert "1 done, 0 to run" in again.stdout
+    other = harness("study", str(path), "--results-dir", str(results), "--set", f"data.root={files}")
+    assert other.returncode == 0 and "0 done, 1 to run" in other.stdout, other.stdout[-2000:] + other.stderr[-2000:]
+    c = client(results)
+    exp = c.get_experiment_by_name("toy_ddpm")
+    trials = c.search_runs([exp.experiment_id], "tags.`harness.kind` = 'trial'")
+    assert len(trials) == 2 and len({r.data.tags["harness.config_hash"] for r in trials}) == 1
+    assert len({r.data.tags["harness.data_hash"] for r in trials}) == 2
+    newest = max(trials, key=lambda r: r.info.start_time)
+    assert "harness.resumed_from_step" not in newest.data.tags  # trained afresh, not resumed from the other data
+    (run_dir,) = (results / "runs" / "toy_ddpm").iterdir()
+    assert list(run_dir.glob("checkpoints-data-*"))  # the stand-in's checkpoints were moved aside, not deleted
+    status = harness("status", str(path), "--results-dir", str(results), "--set", f"data.root={files}")
+    assert "1 trials: 1 done" in status.stdout
