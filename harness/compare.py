@@ -50,21 +50,44 @@ def _value(t: Trial, key: str) -> Any:
     return tuple(v) if isinstance(v, list) else v
 
 
-def trial_values(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, metric: str, best: bool,
-                 by: str) -> pd.DataFrame:
-    """One row per finished trial: its ``by`` value, the context it is paired on, its seed and metric value."""
-    swept = sorted({k for t in trials for k in t.axes for k in k.split("+")} - {by})
+def study_metric(loaded: LoadedStudy, name: str | None = None) -> tuple[str, str]:
+    """(label, logged key) of a metric name (default: the study's table metric); classifier-feature distances
+    keep their own names, never FID/KID."""
+    from harness.tables_settings import CLASSIFIER_METRICS, METRICS
+
+    s = loaded.study
+    name = name or s.table.metric
+    if s.eval.extractor == "classifier" and name in CLASSIFIER_METRICS:
+        return CLASSIFIER_METRICS[name]
+    return METRICS.get(name, (name, name))
+
+
+def finished_values(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, metric: str,
+                    best: bool) -> list[tuple[Trial, Any, float]]:
+    """(trial, its finished run, value) for every finished, not skipped trial: the best (lowest) logged value of
+    ``metric`` when ``best`` (best-checkpoint studies), else the last."""
     runs = tracker.trial_runs(loaded.study.name)
-    rows = []
+    out = []
     for t in trials:
         done = [r for r in runs.get(t.config_hash, []) if r.info.status == "FINISHED"]
         if not done or done[0].data.tags.get("harness.skipped"):
             continue
+        run = done[0]
         if best:
-            hist = tracker.client.get_metric_history(done[0].info.run_id, metric)
-            value = min((m.value for m in hist), default=math.nan)
+            value = min((m.value for m in tracker.client.get_metric_history(run.info.run_id, metric)),
+                        default=math.nan)
         else:
-            value = done[0].data.metrics.get(metric, math.nan)
+            value = run.data.metrics.get(metric, math.nan)
+        out.append((t, run, value))
+    return out
+
+
+def trial_values(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, metric: str, best: bool,
+                 by: str) -> pd.DataFrame:
+    """One row per finished trial: its ``by`` value, the context it is paired on, its seed and metric value."""
+    swept = sorted({k for t in trials for k in t.axes for k in k.split("+")} - {by})
+    rows = []
+    for t, _run, value in finished_values(loaded, trials, tracker, metric, best):
         context = tuple((k, str(_value(t, k))) for k in (*IDENTITY, *swept) if k != by)
         rows.append({"arm": _value(t, by), "context": context, "seed": t.seed, "value": value,
                      "diagnostic": t.diagnostic})
@@ -151,15 +174,9 @@ def run_compare(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, by: 
                 baseline: str | None, out_dir: Path, substudy: str | None = None
                 ) -> tuple[pd.DataFrame, str, list[Path]]:
     """Compare the study's arms along ``by``; writes compare_<by>.{md,csv} under ``out_dir``."""
-    from harness.tables_settings import CLASSIFIER_METRICS, METRICS
-
     s = loaded.study
     key = resolve_key(trials, by)
-    name = metric or s.table.metric
-    if s.eval.extractor == "classifier" and name in CLASSIFIER_METRICS:
-        metric_key = CLASSIFIER_METRICS[name][1]
-    else:
-        metric_key = METRICS[name][1] if name in METRICS else name
+    metric_key = study_metric(loaded, metric)[1]
     trials = _question_trials(loaded, trials, key, substudy)
     df = trial_values(loaded, trials, tracker, metric_key, s.table.kind == "best_checkpoint", key)
     if df.empty or df.value.isna().all():

@@ -38,18 +38,10 @@ def pareto_mask(cost: np.ndarray, quality: np.ndarray, higher_better: bool) -> n
 def pareto_frame(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, metric_key: str,
                  best: bool) -> pd.DataFrame:
     """One row per finished trial: dataset, label (variant + axes), seed, quality, params, training PFLOPs, wall."""
-    runs = tracker.trial_runs(loaded.study.name)
+    from harness.compare import finished_values
+
     rows = []
-    for t in trials:
-        done = [r for r in runs.get(t.config_hash, []) if r.info.status == "FINISHED"]
-        if not done or done[0].data.tags.get("harness.skipped"):
-            continue
-        run = done[0]
-        if best:
-            value = min((m.value for m in tracker.client.get_metric_history(run.info.run_id, metric_key)),
-                        default=math.nan)
-        else:
-            value = run.data.metrics.get(metric_key, math.nan)
+    for t, run, value in finished_values(loaded, trials, tracker, metric_key, best):
         steps, batch = t.train.get("steps"), t.train.get("batch_size")
         flops = 3 * t.gflops * 1e9 * steps * batch / 1e15 if steps and batch and "epochs" not in t.train else math.nan
         wall = (run.info.end_time - run.info.start_time) / 60000 if run.info.end_time else math.nan
@@ -108,15 +100,10 @@ def pareto_plot(df: pd.DataFrame, quality_label: str, higher_better: bool, capti
 
 def write_pareto(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, out_dir: Path) -> list[Path]:
     """pareto_<metric>.png and .csv (every configuration with its costs and whether it is on a front)."""
-    from harness.compare import HIGHER_BETTER
-    from harness.tables_settings import CLASSIFIER_METRICS, METRICS
+    from harness.compare import HIGHER_BETTER, study_metric
 
     s = loaded.study
-    name = s.table.metric
-    if s.eval.extractor == "classifier" and name in CLASSIFIER_METRICS:
-        label, key = CLASSIFIER_METRICS[name]
-    else:
-        label, key = METRICS.get(name, (name, name))
+    label, key = study_metric(loaded)
     df = pareto_frame(loaded, trials, tracker, key, s.table.kind == "best_checkpoint")
     if df.empty or df.quality.isna().all():
         return []

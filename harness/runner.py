@@ -462,10 +462,8 @@ def study_status(path, profile=None, sets=None, tracking_uri=None, results_dir=N
     return plan
 
 
-def write_tables(path, profile=None, sets=None, tracking_uri=None, results_dir=None, echo: Echo = print) -> list[Path]:
-    """`harness table`: regenerate tables and plots from MLflow without training."""
-    from harness.tables import write_study_tables
-
+def _open_store(path, profile, sets, tracking_uri, results_dir) -> tuple[LoadedStudy, list[Trial], Path, Tracker]:
+    """The study, its trials, results dir and a tracker on its existing store (for commands that only read)."""
     loaded = load_study(path, profile, sets)
     trials = expand_trials(loaded)
     rdir = results_dir_for(loaded, results_dir)
@@ -474,6 +472,14 @@ def write_tables(path, profile=None, sets=None, tracking_uri=None, results_dir=N
         raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}; run `harness study {path}` first")
     tracker = Tracker(uri, loaded.study.name, rdir / "mlartifacts")
     tracker.data_hashes = _data_hashes_if_available(loaded)
+    return loaded, trials, rdir, tracker
+
+
+def write_tables(path, profile=None, sets=None, tracking_uri=None, results_dir=None, echo: Echo = print) -> list[Path]:
+    """`harness table`: regenerate tables and plots from MLflow without training."""
+    from harness.tables import write_study_tables
+
+    loaded, trials, rdir, tracker = _open_store(path, profile, sets, tracking_uri, results_dir)
     written = write_study_tables(loaded, trials, tracker, rdir)
     for w in written:
         echo(f"wrote {w}")
@@ -485,14 +491,7 @@ def compare_study(path, by: str, metric: str | None = None, baseline: str | None
     """`harness compare`: arms of ``by`` against the baseline arm, written beside the study's tables."""
     from harness.compare import run_compare
 
-    loaded = load_study(path, profile, sets)
-    trials = expand_trials(loaded)
-    rdir = results_dir_for(loaded, results_dir)
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(rdir)
-    if not store_exists(uri):
-        raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}; run `harness study {path}` first")
-    tracker = Tracker(uri, loaded.study.name, rdir / "mlartifacts")
-    tracker.data_hashes = _data_hashes_if_available(loaded)
+    loaded, trials, rdir, tracker = _open_store(path, profile, sets, tracking_uri, results_dir)
     out_dir = rdir / loaded.study.name / loaded.profile
     res, text, written = run_compare(loaded, trials, tracker, by, metric, baseline, out_dir, substudy)
     echo(text)
