@@ -155,12 +155,13 @@ def run_study(
     done = sum(v == "done" for v in plan.state.values())
     echo(f"study {s.name} [profile {loaded.profile}]: {len(plan.trials)} trials, {done} done, "
          f"{len(todo)} to run, {sum(v == 'failed' for v in plan.state.values())} failed")
-    if todo:
-        _run_trials(plan, todo, tracker, rdir, address, echo)
+    parent = _run_trials(plan, todo, tracker, rdir, address, echo) if todo else None
     from harness.tables import write_study_tables
 
     for written in write_study_tables(loaded, plan.trials, tracker, rdir):
         echo(f"wrote {written}")
+        if parent:  # the invocation's parent run carries the tables and plots it produced
+            tracker.log_artifact(parent, written, "tables")
     return plan
 
 
@@ -168,7 +169,8 @@ def store_exists(uri: str) -> bool:
     return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).exists()
 
 
-def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, address: str | None, echo: Echo) -> None:
+def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, address: str | None, echo: Echo) -> str:
+    """Run ``todo`` through Ray Tune under a new parent run; returns the parent run's id."""
     _quiet_ray()
     from ray import tune
 
@@ -257,6 +259,7 @@ def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, add
     for h, st in callback.final_state.items():
         plan.state[h] = st
     progress.summary()
+    return parent
 
 
 def schedule_order(todo: list[Trial]) -> list[Trial]:

@@ -52,7 +52,10 @@ class SystemSampler:
             self._sample()
 
     def take(self) -> dict[str, float]:
-        """Means since the last call, as ``system/<name>``; empty when no sample was taken in between."""
+        """Means since the last call, as ``system/<name>`` (sampling now if the thread has not since: reports can
+        come faster than the interval)."""
+        if not self._rss:
+            self._sample()
         with self._lock:
             out: dict[str, float] = {}
             for m in self._monitors:

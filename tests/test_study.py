@@ -47,6 +47,8 @@ def test_smoke_study_end_to_end_through_ray_train_then_rerun_trains_nothing(tmp_
 
     parents, trials = runs(results, "study"), runs(results, "trial")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert {a.path for a in client(results).list_artifacts(parents[0].info.run_id, "tables")} >= {
+        "tables/table1.md", "tables/table1.csv", "tables/fid_over_steps.png", "tables/pareto_fd_classifier.png"}
     assert sorted(r.data.tags["harness.variant"] for r in trials) == sorted(SMOKE_VARIANTS)
     c = client(results)
     for r in trials:
