@@ -286,9 +286,8 @@ def _trial_config(t: Trial, loaded: LoadedStudy, rdir: Path, data_hash: str = ""
         "resources": dataclasses.asdict(loaded.study.resources),
         "paths": {  # absolute: Tune changes each trial's working directory (DESIGN pitfall 3)
             "run_dir": str(run_dir), "train_dir": str(train_dir), "cache_dir": str(rdir / "cache"),
-            "data_root": str(loaded.data_root()), "ray_storage": str(rdir / "ray"),
+            "data_root": str(loaded.data_root()), "ray_storage": str(rdir / "ray"), "data_hash": data_hash,
         },
-        "data_hash": data_hash,
     }
 
 

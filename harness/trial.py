@@ -50,6 +50,7 @@ class TrialContext:
         self.train_dir = Path(paths.get("train_dir") or paths["run_dir"])
         self.cache_dir = Path(paths["cache_dir"])
         self.data_root = Path(paths["data_root"])
+        self.data_hash = paths.get("data_hash", "")
         self.rank = rank
         self.world_size = world_size
         self.cpus = cpus
@@ -142,6 +143,9 @@ class TrialContext:
         import torch
 
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        mark = self.checkpoint_dir.parent / "data_hash"
+        if self.data_hash and not mark.exists():  # which data these checkpoints belong to (claim_for_data)
+            mark.write_text(self.data_hash + "\n")
         path = self.checkpoint_dir / f"step_{step:09d}.pt"
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -226,9 +230,10 @@ def train_worker(config: dict[str, Any]) -> None:
 
 
 def claim_for_data(directory: Path, data_hash: str) -> None:
-    """Checkpoints in ``directory`` belong to the data they were trained on: when this trial's data (same config,
-    e.g. another data.root) has another fingerprint, the old checkpoints move aside to checkpoints-data-<old>
-    instead of being resumed. Directories from before fingerprints were recorded are taken as they are."""
+    """Checkpoints in ``directory`` belong to the data they were trained on (``data_hash`` file, written with the
+    first checkpoint): when this trial's data (same config, e.g. another data.root) has another fingerprint, the
+    old checkpoints move aside to checkpoints-data-<old> instead of being resumed. Directories from before
+    fingerprints were recorded are taken as they are."""
     if not data_hash:
         return
     mark = directory / "data_hash"
@@ -237,8 +242,7 @@ def claim_for_data(directory: Path, data_hash: str) -> None:
     if old and old != data_hash and ckpt.exists():
         with contextlib.suppress(FileNotFoundError):  # a trial sharing the directory moved them first
             ckpt.rename(directory / f"checkpoints-data-{old}")
-    directory.mkdir(parents=True, exist_ok=True)
-    mark.write_text(data_hash + "\n")
+            mark.unlink()  # the next checkpoint saved here writes the new fingerprint
 
 
 def tune_trial(config: dict[str, Any]) -> None:
@@ -247,7 +251,7 @@ def tune_trial(config: dict[str, Any]) -> None:
 
     config = config["cfg"]  # Tune's param space is {"cfg": grid_search([...])}
     for key in ("run_dir", "train_dir"):  # before any worker can load a checkpoint
-        claim_for_data(Path(config["paths"][key]), config.get("data_hash", ""))
+        claim_for_data(Path(config["paths"][key]), config["paths"].get("data_hash", ""))
     res = config["resources"]
     if res["workers"] > 1 or res["ray_train"] == "always":
         import ray.train
