@@ -66,13 +66,12 @@ def finished_values(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, 
                     best: bool) -> list[tuple[Trial, Any, float]]:
     """(trial, its finished run, value) for every finished, not skipped trial: the best (lowest) logged value of
     ``metric`` when ``best`` (best-checkpoint studies), else the last."""
-    runs = tracker.trial_runs(loaded.study.name)
+    finished = tracker.finished_runs(loaded.study.name)
     out = []
     for t in trials:
-        done = [r for r in runs.get(t.config_hash, []) if r.info.status == "FINISHED"]
-        if not done or done[0].data.tags.get("harness.skipped"):
+        run = finished.get(t.config_hash)
+        if run is None or run.data.tags.get("harness.skipped"):
             continue
-        run = done[0]
         if best:
             value = min((m.value for m in tracker.client.get_metric_history(run.info.run_id, metric)),
                         default=math.nan)

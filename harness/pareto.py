@@ -51,10 +51,23 @@ def pareto_frame(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, met
     return pd.DataFrame(rows)
 
 
-def pareto_plot(df: pd.DataFrame, quality_label: str, higher_better: bool, caption: str, path: Path) -> Path | None:
+def configurations(df: pd.DataFrame, higher_better: bool) -> pd.DataFrame:
+    """One row per (dataset, configuration): quality and wall time averaged over seeds, its costs, and for each
+    cost whether it is on that dataset's Pareto front (``front_<cost>``)."""
+    agg = (df.groupby(["dataset", "label"], sort=False)
+           .agg(quality=("quality", "mean"), params=("params", "first"), train_pflops=("train_pflops", "first"),
+                wall_min=("wall_min", "mean"), seeds=("seed", "nunique")).reset_index())
+    for key, _, _ in COSTS:
+        agg[f"front_{key}"] = False
+        for idx in agg.groupby("dataset").groups.values():
+            sub = agg.loc[idx]
+            agg.loc[idx, f"front_{key}"] = pareto_mask(sub[key].to_numpy(float), sub.quality.to_numpy(float),
+                                                       higher_better)
+    return agg
+
+
+def pareto_plot(agg: pd.DataFrame, quality_label: str, higher_better: bool, caption: str, path: Path) -> Path:
     """Rows: datasets; columns: the costs that are known. Front points are ringed, joined and named."""
-    if df.empty or df.quality.isna().all():
-        return None
     import matplotlib
     import matplotlib.ticker
 
@@ -62,9 +75,6 @@ def pareto_plot(df: pd.DataFrame, quality_label: str, higher_better: bool, capti
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    agg = (df.groupby(["dataset", "label"], sort=False)
-           .agg(quality=("quality", "mean"), params=("params", "first"), train_pflops=("train_pflops", "first"),
-                wall_min=("wall_min", "mean"), seeds=("seed", "nunique")).reset_index())
     costs = [c for c in COSTS if agg[c[0]].notna().any()]
     datasets = list(dict.fromkeys(agg.dataset))
     fig, axes = plt.subplots(len(datasets), len(costs), figsize=(4.6 * len(costs), 3.8 * len(datasets)),
@@ -75,8 +85,7 @@ def pareto_plot(df: pd.DataFrame, quality_label: str, higher_better: bool, capti
         for c, (key, xlabel, log) in enumerate(costs):
             ax = axes[r][c]
             sns.scatterplot(data=sub, x=key, y="quality", hue="label", palette=palette, ax=ax, s=45, legend=False)
-            front = sub[pareto_mask(sub[key].to_numpy(float), sub.quality.to_numpy(float), higher_better)]
-            front = front.sort_values(key)
+            front = sub[sub[f"front_{key}"]].sort_values(key)
             ax.plot(front[key], front.quality, drawstyle="steps-post", color="black", lw=1, zorder=1)
             ax.scatter(front[key], front.quality, s=140, facecolors="none", edgecolors="black", zorder=3)
             for _, p in front.iterrows():
@@ -116,20 +125,8 @@ def write_pareto(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, out
                "front (no other configuration is cheaper and at least as good). Wall times are CPU-scale and depend "
                "on what ran beside each trial.")
     stem = f"pareto_{key}"
-    written = []
-    fig = pareto_plot(df, label, higher, caption, out_dir / f"{stem}.png")
-    if fig:
-        written.append(fig)
-    agg = df.groupby(["dataset", "label"], sort=False).agg(
-        quality=("quality", "mean"), params=("params", "first"), train_pflops=("train_pflops", "first"),
-        wall_min=("wall_min", "mean"), seeds=("seed", "nunique")).reset_index()
-    for key_cost, _, _ in COSTS:
-        agg[f"front_{key_cost}"] = False
-        for idx in agg.groupby("dataset").groups.values():
-            sub = agg.loc[idx]
-            agg.loc[idx, f"front_{key_cost}"] = pareto_mask(sub[key_cost].to_numpy(float),
-                                                            sub.quality.to_numpy(float), higher)
+    agg = configurations(df, higher)
+    out_dir.mkdir(parents=True, exist_ok=True)
     csv = out_dir / f"{stem}.csv"
     agg.rename(columns={"quality": key}).to_csv(csv, index=False)
-    written.append(csv)
-    return written
+    return [pareto_plot(agg, label, higher, caption, out_dir / f"{stem}.png"), csv]

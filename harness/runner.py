@@ -181,7 +181,7 @@ def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, add
     _ray_init(address)  # before any run is opened: an unreachable cluster or unshared storage leaves no run
     if address or os.environ.get("RAY_ADDRESS"):
         check_shared_storage(rdir, loaded.data_root())
-    _check_fits(s.resources, s.resources.workers > 1 or s.resources.ray_train == "always")
+    _check_fits(s.resources)
     versions = package_versions()
     common_tags = {
         f"{TAG}study": s.name, f"{TAG}profile": loaded.profile, f"{TAG}git_sha": git_sha(loaded.project_dir),
@@ -210,7 +210,7 @@ def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, add
         configs.append(_trial_config(t, loaded, rdir, (tracker.data_hashes or {}).get(t.dataset, "")))
 
     res = s.resources
-    use_train = res.workers > 1 or res.ray_train == "always"
+    use_train = res.uses_train
     if use_train:
         # The Tune trial is only a driver for the TorchTrainer, whose workers hold the resources.
         trial_resources: Any = {"cpu": TRAIN_DRIVER_CPU}
@@ -231,7 +231,7 @@ def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, add
             tune.with_resources(tune_trial, trial_resources),
             param_space={"cfg": tune.grid_search(configs)},
             tune_config=tune.TuneConfig(
-                max_concurrent_trials=_max_concurrent(res, use_train),
+                max_concurrent_trials=_max_concurrent(res),
                 # Every trial gets a fresh process: thread counts, Accelerate state and a finished TorchTrainer's
                 # actors do not carry over into the next trial.
                 reuse_actors=False,
@@ -304,7 +304,7 @@ def _device(gpus: float) -> str:
     return f"cuda ({torch.cuda.get_device_name(0)})" if gpus > 0 and torch.cuda.is_available() else "cpu"
 
 
-def _max_concurrent(res, use_train: bool) -> int:
+def _max_concurrent(res) -> int:
     """As many trials as the cluster's CPUs hold (all nodes; ray.init must have run), unless the study says."""
     import ray
 
@@ -312,8 +312,12 @@ def _max_concurrent(res, use_train: bool) -> int:
         return res.max_concurrent_trials
     cpus = ray.cluster_resources().get("CPU") if ray.is_initialized() else None
     cpus = cpus or os.cpu_count() or 1
-    per_trial = res.cpus_per_worker * res.workers + (TRAIN_DRIVER_CPU if use_train else 0.0)
-    return max(1, int(cpus // max(per_trial, 1e-9)))
+    return max(1, int(cpus // max(_trial_cpus(res), 1e-9)))
+
+
+def _trial_cpus(res) -> float:
+    """CPUs one trial holds: its workers, plus the Train driver when it runs as a TorchTrainer."""
+    return res.cpus_per_worker * res.workers + (TRAIN_DRIVER_CPU if res.uses_train else 0.0)
 
 
 def _quiet_ray() -> None:
@@ -357,16 +361,17 @@ def _ray_init(address: str | None) -> None:
         raise UserError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
 
 
-def _check_fits(res, use_train: bool) -> None:
+def _check_fits(res) -> None:
     """A trial that asks for more than the cluster has would wait for resources forever: refuse it."""
     import ray
 
     total = ray.cluster_resources()
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    need_cpu = res.workers * res.cpus_per_worker + (TRAIN_DRIVER_CPU if use_train else 0.0)
+    need_cpu = _trial_cpus(res)
     if need_cpu > total.get("CPU", 0) + 1e-9:
+        driver = " + the Train driver" if res.uses_train else ""
         raise UserError(f"a trial needs {need_cpu:g} CPUs (resources.workers={res.workers} x cpus_per_worker="
-                        f"{res.cpus_per_worker:g}{' + the Train driver' if use_train else ''}) but the Ray cluster has "
+                        f"{res.cpus_per_worker:g}{driver}) but the Ray cluster has "
                         f"{total.get('CPU', 0):g}: lower resources.cpus_per_worker (fractions are allowed) or workers.")
     if res.workers * res.gpus_per_worker > total.get("GPU", 0) + 1e-9:
         raise UserError(f"a trial needs {res.workers * res.gpus_per_worker:g} GPUs (resources.workers x "

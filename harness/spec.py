@@ -43,6 +43,11 @@ class Resources:
     ray_train: str = "auto"  # auto | always
     max_failures: int = 0  # Tune restarts of a failed trial (from its last checkpoint)
 
+    @property
+    def uses_train(self) -> bool:
+        """Whether each trial runs as a Ray Train TorchTrainer (several workers, or forced)."""
+        return self.workers > 1 or self.ray_train == "always"
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -306,7 +311,7 @@ def resolve_extractor(ev: EvalSpec, where: str) -> EvalSpec:
         return dataclasses.replace(ev, extractor="inception")
     from harness.metrics import inception_available
 
-    return dataclasses.replace(ev, extractor="inception" if inception_available(ev.inception_weights) else "classifier")
+    return dataclasses.replace(ev, extractor="inception" if inception_available() else "classifier")
 
 
 def _validated(merged: dict, where: str) -> Study:

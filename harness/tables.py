@@ -36,13 +36,12 @@ def metric_names(extractor: str) -> tuple[str, str, str]:
 
 def trial_histories(trials: list[Trial], tracker: Tracker, keys: list[str]) -> pd.DataFrame:
     """Long table: one row per (trial, step) with the requested metric keys, for the trials' FINISHED runs."""
-    by_hash = tracker.trial_runs(trials[0].study) if trials else {}
+    finished = tracker.finished_runs(trials[0].study) if trials else {}
     rows: list[dict[str, Any]] = []
     for t in trials:
-        runs = [r for r in by_hash.get(t.config_hash, []) if r.info.status == "FINISHED"]
-        if not runs:
+        run = finished.get(t.config_hash)
+        if run is None:
             continue
-        run = runs[0]
         per_step: dict[int, dict[str, Any]] = {}
         for key in keys:
             for m in tracker.client.get_metric_history(run.info.run_id, key):

@@ -95,22 +95,22 @@ def _position(raw: str, part: Study) -> int:
 
 def final_metrics(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker) -> pd.DataFrame:
     """One row per (substudy, trial) with the setting, its paper label, and the trial's last logged metrics."""
-    by_hash = tracker.trial_runs(loaded.study.name) if trials else {}
+    finished = tracker.finished_runs(loaded.study.name) if trials else {}
     labels = loaded.study.table.labels
     rows = []
     for name, part in loaded.parts:
         for t in trials:
             if name not in t.substudies:
                 continue
-            runs = [r for r in by_hash.get(t.config_hash, []) if r.info.status == "FINISHED"]
-            if not runs:
+            run = finished.get(t.config_hash)
+            if run is None:
                 continue
             raw = setting_of(t, part)
             label = labels.get(f"{name}/{raw}", labels.get(raw, raw))
             rows.append({"substudy": name, "setting_raw": raw, "setting": label,
                          "dataset": t.dataset, "seed": t.seed, "variant": t.variant, "hash": t.config_hash,
-                         "run_id": runs[0].info.run_id, "order": _position(raw, part),
-                         "skipped": runs[0].data.tags.get("harness.skipped"), **runs[0].data.metrics})
+                         "run_id": run.info.run_id, "order": _position(raw, part),
+                         "skipped": run.data.tags.get("harness.skipped"), **run.data.metrics})
     return pd.DataFrame(rows)
 
 

@@ -149,6 +149,15 @@ class Tracker:
             out.setdefault(r.data.tags.get(f"{TAG}config_hash", ""), []).append(r)
         return out
 
+    def finished_runs(self, study: str) -> dict[str, Any]:
+        """The newest FINISHED trial run of ``study`` per config hash (after the same data filter)."""
+        out: dict[str, Any] = {}
+        for h, runs in self.trial_runs(study).items():
+            done = [r for r in runs if r.info.status == "FINISHED"]
+            if done:
+                out[h] = done[0]
+        return out
+
     def last_steps(self, run_id: str) -> dict[str, int]:
         run = self.client.get_run(run_id)
         out = {}

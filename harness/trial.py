@@ -184,7 +184,7 @@ def _run_recipe(config: dict[str, Any], report_fn, rank: int, world_size: int) -
 
     trial = config["trial"]
     where = _where()
-    first = [True]
+    first = True
     sampler = None
     if rank == 0:
         from harness.sysmetrics import SystemSampler
@@ -192,9 +192,10 @@ def _run_recipe(config: dict[str, Any], report_fn, rank: int, world_size: int) -
         sampler = SystemSampler()
 
     def report(payload: dict[str, Any]) -> None:
-        if first[0]:  # the first report of each (re)start says where the trial runs
+        nonlocal first
+        if first:  # the first report of each (re)start says where the trial runs
             payload = {**payload, "tags": {**where, **payload.get("tags", {})}}
-            first[0] = False
+            first = False
         if sampler is not None:  # CPU/GPU utilisation and memory since the previous report
             payload = {**payload, "metrics": {**payload.get("metrics", {}), **sampler.take()}}
         report_fn(payload)
@@ -250,8 +251,8 @@ def tune_trial(config: dict[str, Any]) -> None:
     from ray import tune
 
     config = config["cfg"]  # Tune's param space is {"cfg": grid_search([...])}
-    for key in ("run_dir", "train_dir"):  # before any worker can load a checkpoint
-        claim_for_data(Path(config["paths"][key]), config["paths"].get("data_hash", ""))
+    for directory in {config["paths"]["run_dir"], config["paths"]["train_dir"]}:  # before any worker loads one
+        claim_for_data(Path(directory), config["paths"].get("data_hash", ""))
     res = config["resources"]
     if res["workers"] > 1 or res["ray_train"] == "always":
         import ray.train
