@@ -258,7 +258,13 @@ def ui(port, host, tracking_uri, results_dir) -> None:
 
     if not store_exists(uri):
         raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}; run a study first or pass --results-dir")
-    click.echo(f"MLflow UI for {uri} at http://{host}:{port}")
+    from harness.tracking import runs_page_urls
+
+    base = f"http://{host}:{port}"
+    click.echo(f"MLflow UI for {uri} at {base}")
+    for name, url in runs_page_urls(uri, base).items():
+        click.echo(f"  {name}: {url}")
+    sys.stdout.flush()
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     if uri.startswith("sqlite:///"):
         cmd += ["--default-artifact-root", (rdir / "mlartifacts").as_uri()]

@@ -103,6 +103,15 @@ def check_server(uri: str, timeout: float = 10.0) -> None:
                         "--tracking-uri / MLFLOW_TRACKING_URI.") from None
 
 
+def runs_page_urls(tracking_uri: str, base_url: str) -> dict[str, str]:
+    """Each experiment's runs table in the MLflow UI at ``base_url``, opened in its model-training view (MLflow 3's
+    UI starts in its GenAI view, which shows traces, not runs)."""
+    from mlflow.tracking import MlflowClient
+
+    return {e.name: f"{base_url}/#/experiments/{e.experiment_id}/runs?workflowType=machine_learning"
+            for e in MlflowClient(tracking_uri).search_experiments() if e.name != "Default"}
+
+
 class Tracker:
     """All MLflow writes of one study invocation."""
 
@@ -121,7 +130,9 @@ class Tracker:
             raise UserError(f"cannot reach the MLflow tracking store {tracking_uri}: {first}") from None
         if exp is None:
             loc = artifact_root.resolve().as_uri() if artifact_root else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=loc)
+            # the experiment kind tells MLflow 3's UI that these are training runs, not GenAI traces
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=loc, tags={"mlflow.experimentKind": "custom_model_development"})
         else:
             self.experiment_id = exp.experiment_id
 
