@@ -187,7 +187,8 @@ def table(study_file, profile, sets, tracking_uri, results_dir) -> None:
 @click.option("--by", required=True, help="The key whose values are the arms: variant, dataset or a config key "
               "(train.lr, or just lr when unique).")
 @click.option("--metric", default=None, help="Metric to compare (default: the study's table metric, e.g. fid).")
-@click.option("--baseline", default=None, help="The arm the others are compared with (default: the first arm).")
+@click.option("--baseline", default=None, help="The arm the others are compared with (default: the study's "
+              "table.baseline variant, else the first arm).")
 @click.option("--substudy", default=None, help="Only this substudy's trials (default: the substudies that vary the "
               "key).")
 @_profile

@@ -181,7 +181,9 @@ def run_compare(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, by: 
     if df.empty or df.value.isna().all():
         raise UserError(f"no finished trial of {s.name} (profile {loaded.profile}) has metric {metric_key!r}")
     arms = list(dict.fromkeys(df.arm))
-    if baseline is None:
+    if baseline is None and key == "variant" and s.table.baseline in arms:
+        base = s.table.baseline  # the study's reference variant
+    elif baseline is None:
         base = arms[0]
     else:
         found = [a for a in arms if str(a) == baseline]

@@ -501,6 +501,10 @@ def compare_study(path, by: str, metric: str | None = None, baseline: str | None
     loaded, trials, rdir, tracker = _open_store(path, profile, sets, tracking_uri, results_dir)
     out_dir = rdir / loaded.study.name / loaded.profile
     res, text, written = run_compare(loaded, trials, tracker, by, metric, baseline, out_dir, substudy)
+    from harness.report import refresh_appendix
+
+    report = refresh_appendix(out_dir)  # the report lists the comparison too
+    written += [report] if report else []
     echo(text)
     for w in written:
         echo(f"wrote {w}")

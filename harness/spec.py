@@ -91,6 +91,8 @@ class TableSpec:
     kind: str = "best_checkpoint"  # which table builder: best_checkpoint (Table 1 style) | settings (per substudy)
     paper_csv: str | None = None  # file under harness/paper_tables/ with the paper's numbers
     metric: str = "fid"  # best_checkpoint: picks the checkpoint (lower is better); settings: the plotted metric
+    # the reference variant: the report's relative columns and `harness compare --by variant`'s default baseline
+    baseline: str | None = None
     # settings: a setting's value -> the paper's row label; "<substudy>/<setting>" for one substudy only
     labels: dict[str, str] = field(default_factory=dict)
     plots: dict[str, str] = field(default_factory=dict)  # settings: substudy -> x axis ("train.epochs", "depth")

@@ -166,32 +166,43 @@ def fid_over_steps_plot(hist: pd.DataFrame, dkey: str, label: str, caption: str,
 
 def write_study_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, results_dir: Path) -> list[Path]:
     """Write results/<study>/<profile>/: the tables and plots of the study's table kind (best_checkpoint:
-    table1.{md,csv,tex} and fid_over_steps.png) and the Pareto plot. Returns the paths written."""
+    table1.{md,csv,tex} and fid_over_steps.png; settings: a table per substudy), the Pareto plot, and the report
+    README.md that gathers them. Returns the paths written."""
     from harness.pareto import write_pareto
+    from harness.report import write_report
 
     s = loaded.study
     out_dir = results_dir / s.name / loaded.profile
+    out_dir.mkdir(parents=True, exist_ok=True)
     if s.table.kind == "settings":
         from harness.tables_settings import write_settings_tables
 
-        written = write_settings_tables(loaded, trials, tracker, results_dir)
+        written, body = write_settings_tables(loaded, trials, tracker, out_dir)
     elif s.table.kind == "best_checkpoint":
-        written = _write_best_checkpoint(loaded, trials, tracker, out_dir)
+        written, body = _write_best_checkpoint(loaded, trials, tracker, out_dir)
     else:
         raise ValueError(f"unknown table kind {s.table.kind!r}")
-    return written + write_pareto(loaded, trials, tracker, out_dir)
+    written += write_pareto(loaded, trials, tracker, out_dir)
+    return [write_report(out_dir, body), *written]
 
 
-def _write_best_checkpoint(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, out_dir: Path) -> list[Path]:
+def _write_best_checkpoint(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, out_dir: Path
+                           ) -> tuple[list[Path], str]:
+    """table1.{md,csv,tex} and fid_over_steps.png; returns them and the report's body (Table 1, the variants beside
+    the paper's in relative terms, Figure 1)."""
+    from harness.compare import HIGHER_BETTER
+    from harness.report import beside_paper
+
     s = loaded.study
-    out_dir.mkdir(parents=True, exist_ok=True)
     df, caption = best_checkpoint_table(loaded, trials, tracker)
     dkey, kkey, label = metric_names(s.eval.extractor)
     shown = _display(df, dkey, kkey)
+    prov = provenance(trials, tracker)
+    figure = f"![{label} over training steps](fid_over_steps.png)"
     written = []
     md = out_dir / "table1.md"
-    md.write_text(f"# {s.name}: Table 1 ({loaded.profile} profile)\n\n{caption}\n\n{provenance(trials, tracker)}\n\n"
-                  f"{_markdown(shown)}\n\n![{label} over training steps](fid_over_steps.png)\n")
+    md.write_text(f"# {s.name}: Table 1 ({loaded.profile} profile)\n\n{caption}\n\n{prov}\n\n"
+                  f"{_markdown(shown)}\n\n{figure}\n")
     written.append(md)
     csv = out_dir / "table1.csv"
     df.to_csv(csv, index=False)
@@ -203,7 +214,25 @@ def _write_best_checkpoint(loaded: LoadedStudy, trials: list[Trial], tracker: Tr
     fig = fid_over_steps_plot(hist, dkey, label, caption, out_dir / "fid_over_steps.png")
     if fig:
         written.append(fig)
-    return written
+    body = [f"# {s.name} ({loaded.profile} profile)", "", " ".join(s.description.split()), "", caption, "", prov, "",
+            "## Table 1", "", _markdown(shown), ""]
+    paper = paper_table(s.table.paper_csv) if s.table.paper_csv else None
+    if paper is not None and dkey in df and df[dkey].notna().any():
+        base = s.table.baseline if s.table.baseline in set(df.variant) else None
+        short = "FID" if dkey == "fid" else "FD (clf)"
+        rel, sentences = beside_paper(df, paper, dkey, short, base, dkey in HIGHER_BETTER)
+        same = set(df.dataset) & set(paper.dataset)
+        body += ["## Beside the paper", "",
+                 ("Table 1 above gives the differences from the paper's numbers on the same dataset. " if same else
+                  f"The paper's numbers are on {' and '.join(dict.fromkeys(paper.dataset))}, ours on "
+                  f"{' and '.join(dict.fromkeys(df.dataset))} at {loaded.profile} scale, so absolute values are not "
+                  "comparable; ") +
+                 (f"each variant's {label} relative to {base} and its rank (1 = best) compare the ordering."
+                  if base else "each variant's rank (1 = best) compares the ordering."), "",
+                 _markdown(rel), "", " ".join(sentences), ""]
+    if fig:
+        body += [f"## {label} over training steps (Figure 1)", "", figure, ""]
+    return written, "\n".join(body)
 
 
 def _markdown(df: pd.DataFrame) -> str:

@@ -132,8 +132,8 @@ def substudy_table(df: pd.DataFrame, name: str, datasets: list[str], metrics: li
                 std = vals.std(ddof=1) if len(vals) > 1 else float("nan")
                 num[f"{m}_{ds}"], num[f"{m}_{ds}_std"], num[f"{m}_{ds}_seeds"] = mean, std, len(vals)
                 skipped = cell["skipped"].dropna().unique() if "skipped" in cell else []
-                show[f"{label} ({ds})"] = (_num(mean) + (f" ± {_num(std)}" if len(vals) > 1 else "") if len(vals)
-                                           else ("skipped" if len(skipped) else "–"))
+                spread = f" ± {_num(std)}" if len(vals) > 1 and std > 0 else ""  # no "± 0" for equal counts
+                show[f"{label} ({ds})"] = (_num(mean) + spread if len(vals) else ("skipped" if len(skipped) else "–"))
                 if len(skipped):
                     num[f"skipped_{ds}"] = skipped[0]
                 p = None
@@ -146,6 +146,10 @@ def substudy_table(df: pd.DataFrame, name: str, datasets: list[str], metrics: li
                 num[f"paper_{m}_{ds}"] = p
                 if p is not None:
                     show[f"Paper {label} ({ds})"] = _paper_num(p)
+                    if len(vals):  # the same quantity on the same dataset: how far ours is from the paper's
+                        num[f"diff_{m}_{ds}"] = mean - p
+                        d = mean - p
+                        show[f"Diff {label} ({ds})"] = f"{d:+,.0f}" if abs(d) >= 1000 else f"{d:+.2f}"
         for ds in _paper_only_datasets(paper, name, datasets, metrics):  # the paper's numbers on its own dataset
             row = paper[(paper.study == name) & (paper.setting.astype(str) == setting)]
             for m in metrics:
@@ -352,11 +356,11 @@ def _data_sources(loaded: LoadedStudy) -> list[str]:
     return [f"{name} from {load(name, data, 'train').source}" for name in names]
 
 
-def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, results_dir: Path) -> list[Path]:
-    """results/<study>/<profile>/: README.md with every substudy's table, <substudy>.csv/.tex, plots, points."""
+def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, out_dir: Path
+                          ) -> tuple[list[Path], str]:
+    """<substudy>.csv/.tex, plots and points under ``out_dir``; returns them and the report's body (every
+    substudy's table with its plots)."""
     s = loaded.study
-    out_dir = results_dir / s.name / loaded.profile
-    out_dir.mkdir(parents=True, exist_ok=True)
     df = final_metrics(loaded, trials, tracker)
     paper = paper_table(s.table.paper_csv) if s.table.paper_csv else None
     metrics = [m for m in s.eval.metrics if m in METRICS]
@@ -419,6 +423,4 @@ def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
     if fig:
         written.append(fig)
         sections += ["## Generated against real points", "", f"![generated vs real]({fig.name})", ""]
-    md = out_dir / "README.md"
-    md.write_text("\n".join(sections))
-    return [md, *written]
+    return written, "\n".join(sections)

@@ -83,6 +83,16 @@ def test_smoke_study_end_to_end_through_ray_train_then_rerun_trains_nothing(tmp_
     assert len(pareto) == 8 and pareto.front_params.any() and (pareto.train_pflops > 0).all()
     assert (table_dir / "pareto_fd_classifier.png").stat().st_size > 10_000
     assert (table_dir / "table1.tex").read_text().startswith("\\begin{table}")
+    report = (table_dir / "README.md").read_text()  # the report: tables, the paper in relative terms, plots
+    assert "profile `smoke`" in report and "n = 16" in report and "python=" in report and "torch=" in report
+    assert "## Beside the paper" in report and "Spearman rho" in report and "vs D8 (CIFAR10, paper)" in report
+    assert "](fid_over_steps.png)" in report and "](pareto_fd_classifier.png)" in report
+    assert "## Comparisons" not in report
+    cmp = harness("compare", str(STUDY), "--profile", "smoke", "--results-dir", str(results), "--by", "variant")
+    assert cmp.returncode == 0, cmp.stderr[-2000:]
+    assert "baseline `D8`" in cmp.stdout  # the study's table.baseline, not the first arm
+    report = (table_dir / "README.md").read_text()
+    assert report.count("### By variant") == 1 and "](compare_variant.csv)" in report
 
     again = harness("study", str(STUDY), "--profile", "smoke", "--results-dir", str(results),
                     "--set", "resources.ray_train=always")
