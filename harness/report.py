@@ -107,3 +107,48 @@ def beside_paper(ours: pd.DataFrame, paper: pd.DataFrame, key: str, label: str, 
             sentences.append(f"Our ranking on {oname[5:]} against the paper's on {pname[6:]}: Spearman rho = "
                              f"{rho:+.2f} (p = {pval:.2f}, {len(both)} variants).")
     return out, sentences
+
+
+def sample_gallery(trials: list, tracker, out_dir: Path, per_row: int = 4) -> tuple[list[Path], str]:
+    """The last sample grid (and interpolation grid, where the recipe logs one) of every finished configuration's
+    first seed, copied from MLflow into ``out_dir``/samples/ and laid out as a Markdown table of images. Returns the
+    files and the section ('' when no trial logged a grid)."""
+    import shutil
+    import tempfile
+
+    finished = tracker.finished_runs(trials[0].study) if trials else {}
+    first_seed: dict[tuple, object] = {}
+    for t in trials:
+        key = (t.dataset, t.variant, tuple(sorted(t.axes.items())))
+        if t.config_hash in finished and (key not in first_seed or t.seed < first_seed[key].seed):
+            first_seed[key] = t
+    cells: list[tuple[str, str]] = []
+    written: list[Path] = []
+    samples = out_dir / "samples"
+    for old in [*samples.glob("*_step_*.png"), *samples.glob("*_interp_*.png")]:  # an earlier table's copies
+        old.unlink()
+    for t in first_seed.values():
+        run = finished[t.config_hash]
+        arts = [a.path for a in tracker.client.list_artifacts(run.info.run_id, "samples")]
+        for prefix in ("samples/step_", "samples/interp_"):
+            last = sorted(a for a in arts if a.startswith(prefix) and a.endswith(".png"))[-1:]
+            if not last:
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                got = Path(tracker.client.download_artifacts(run.info.run_id, last[0], tmp))
+                samples.mkdir(parents=True, exist_ok=True)
+                dest = samples / f"{t.config_hash}_{Path(last[0]).name}"
+                shutil.copyfile(got, dest)
+            written.append(dest)
+            kind = "interpolations" if "interp_" in prefix else f"step {int(Path(last[0]).stem.split('_')[-1]):,}"
+            cells.append((f"{run.info.run_name} ({kind})", f"samples/{dest.name}"))
+    if not cells:
+        return [], ""
+    seed = min(t.seed for t in first_seed.values())
+    lines = ["## Samples", "", f"The last evaluation's sample grid per configuration (seed {seed} where there are "
+             "several), copied from each run's MLflow artifacts.", ""]
+    for i in range(0, len(cells), per_row):
+        row = cells[i:i + per_row]
+        lines += ["| " + " | ".join(name for name, _ in row) + " |", "|" + "---|" * len(row),
+                  "| " + " | ".join(f"![{name}]({path})" for name, path in row) + " |", ""]
+    return written, "\n".join(lines)

@@ -158,10 +158,11 @@ def run_study(
     parent = _run_trials(plan, todo, tracker, rdir, address, echo) if todo else None
     from harness.tables import write_study_tables
 
+    out_dir = rdir / s.name / loaded.profile
     for written in write_study_tables(loaded, plan.trials, tracker, rdir):
         echo(f"wrote {written}")
-        if parent:  # the invocation's parent run carries the tables and plots it produced
-            tracker.log_artifact(parent, written, "tables")
+        if parent:  # the invocation's parent run carries the tables and plots it produced, laid out as on disk
+            tracker.log_artifact(parent, written, str(Path("tables") / written.relative_to(out_dir).parent))
     return plan
 
 

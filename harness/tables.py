@@ -169,7 +169,7 @@ def write_study_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tracke
     table1.{md,csv,tex} and fid_over_steps.png; settings: a table per substudy), the Pareto plot, and the report
     README.md that gathers them. Returns the paths written."""
     from harness.pareto import write_pareto
-    from harness.report import write_report
+    from harness.report import sample_gallery, write_report
 
     s = loaded.study
     out_dir = results_dir / s.name / loaded.profile
@@ -183,7 +183,9 @@ def write_study_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tracke
     else:
         raise ValueError(f"unknown table kind {s.table.kind!r}")
     written += write_pareto(loaded, trials, tracker, out_dir)
-    return [write_report(out_dir, body), *written]
+    grids, gallery = sample_gallery(trials, tracker, out_dir)
+    body = body.rstrip() + ("\n\n" + gallery if gallery else "")
+    return [write_report(out_dir, body), *written, *grids]
 
 
 def _write_best_checkpoint(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, out_dir: Path

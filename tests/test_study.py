@@ -88,6 +88,10 @@ def test_smoke_study_end_to_end_through_ray_train_then_rerun_trains_nothing(tmp_
     assert "## Beside the paper" in report and "Spearman rho" in report and "vs D8 (CIFAR10, paper)" in report
     assert "](fid_over_steps.png)" in report and "](pareto_fd_classifier.png)" in report
     assert "## Comparisons" not in report
+    grids = sorted((table_dir / "samples").glob("*_step_000000004.png"))  # the last grid of each variant
+    assert len(grids) == 8 and report.count("](samples/") == 8
+    assert {f"tables/samples/{g.name}" for g in grids} <= {
+        a.path for a in client(results).list_artifacts(parents[0].info.run_id, "tables/samples")}
     cmp = harness("compare", str(STUDY), "--profile", "smoke", "--results-dir", str(results), "--by", "variant")
     assert cmp.returncode == 0, cmp.stderr[-2000:]
     assert "baseline `D8`" in cmp.stdout  # the study's table.baseline, not the first arm
