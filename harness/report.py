@@ -94,11 +94,14 @@ def beside_paper(ours: pd.DataFrame, paper: pd.DataFrame, key: str, label: str, 
         out[f"Rank ({ds}{'' if who == 'ours' else ', paper'})"] = rank.map(
             lambda v: f"{v:.0f}" if pd.notna(v) else "–").to_numpy()
     sentences = []
+    ours_ds = {n[5:] for n in columns if n.startswith("ours:")}
+    paper_ds = {n[6:] for n in columns if n.startswith("paper:")}
     for oname, o in columns.items():
         if not oname.startswith("ours:"):
             continue
         for pname, p in columns.items():
-            if not pname.startswith("paper:"):
+            # on the paper's own datasets, each is compared with itself; on stand-ins, with each of the paper's
+            if not pname.startswith("paper:") or (ours_ds & paper_ds and oname[5:] != pname[6:]):
                 continue
             both = pd.concat([o, p], axis=1).dropna()
             if len(both) < 3:

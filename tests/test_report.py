@@ -30,6 +30,15 @@ def test_beside_paper_higher_is_better_and_a_missing_baseline_drops_the_relative
     assert not any(c.startswith("vs ") for c in shown.columns)
 
 
+def test_on_the_papers_own_datasets_each_ranking_is_compared_with_its_own():
+    ours = pd.DataFrame({"dataset": ["CIFAR10"] * 3 + ["Artbench10"] * 3, "variant": ["A", "B", "C"] * 2,
+                         "fid": [1.0, 2.0, 3.0, 1.0, 3.0, 2.0]})
+    _, sentences = beside_paper(ours, PAPER, "fid", "FID", baseline="A")
+    assert len(sentences) == 2
+    assert "on CIFAR10 against the paper's on CIFAR10: Spearman rho = -0.50" in sentences[0]
+    assert "on Artbench10 against the paper's on Artbench10: Spearman rho = +1.00" in sentences[1]
+
+
 def test_too_few_shared_variants_give_no_correlation():
     ours = pd.DataFrame({"dataset": ["x", "x"], "variant": ["A", "Z"], "fid": [1.0, 2.0]})
     shown, sentences = beside_paper(ours, PAPER, "fid", "FID", baseline="A")
