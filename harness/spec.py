@@ -345,6 +345,8 @@ def _validated(merged: dict, where: str) -> Study:
         raise SpecError(f"{where}: 'variants' must list at least one zoo name")
     if not study.datasets:
         raise SpecError(f"{where}: 'datasets' must list at least one dataset")
+    if not study.seeds:
+        raise SpecError(f"{where}: 'seeds' must list at least one seed")
     return study
 
 
