@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 CHECKPOINTS_KEPT = 2
-REPORT_KEY = "_harness_report"  # the report a checkpoint was saved with (replayed on resume)
+# the reports of the last two checkpoint intervals, this one's included: saved with a checkpoint, replayed on resume
+REPORT_KEY = "_harness_report"
 
 
 class TrialFailed(RuntimeError):
@@ -55,6 +56,9 @@ class TrialContext:
         self.world_size = world_size
         self.cpus = cpus
         self._report_fn = report_fn
+        # rank 0's reports since the checkpoint before the previous one, and where the latest interval starts
+        self._since_checkpoint: list[dict[str, Any]] = []
+        self._interval_start = 0
         self._accelerator = None
         self.started = time.time()
         self.trained_epochs = 0  # epochs (or steps) this process trained, as opposed to restored
@@ -89,14 +93,21 @@ class TrialContext:
         """Send metrics (and artifact paths) for ``step`` to the driver. Every rank must call it the same number of
         times: under Ray Train V2 ``report`` is a barrier, and only rank 0's metrics are used.
 
-        ``checkpoint`` (rank 0's training state at ``step``) is saved first with this report inside it: a process
-        killed after the save but before the driver logged the report replays it when it resumes from that
-        checkpoint (``load_checkpoint``), so no evaluation is lost; the driver drops steps it already has."""
+        ``checkpoint`` (rank 0's training state at ``step``) is saved first with this report and every report sent
+        since the checkpoint before the previous one: a process killed before the driver logged them (reports wait in
+        Ray's queues until the trial is polled, and die with the process) replays them when it resumes from that
+        checkpoint (``load_checkpoint``), so no step before the checkpoint is lost; the driver drops steps it already
+        has. Steps after the checkpoint are trained and reported again."""
         # Artifact paths travel as one string: Tune's TensorBoard logger warns on lists, ignores strings.
         payload = {"step": int(step), "metrics": dict(metrics), "artifacts": "\n".join(artifacts or []),
                    "tags": dict(tags or {}), "final": done}
-        if checkpoint is not None and self.is_main:
-            self.save_checkpoint({**checkpoint, REPORT_KEY: payload}, step)
+        if self.is_main:  # only rank 0's reports reach the driver
+            self._since_checkpoint.append(payload)
+            if checkpoint is not None:
+                self.save_checkpoint({**checkpoint, REPORT_KEY: list(self._since_checkpoint)}, step)
+                # the next checkpoint carries this interval too: a driver more than one interval behind loses nothing
+                self._since_checkpoint = self._since_checkpoint[self._interval_start:]
+                self._interval_start = len(self._since_checkpoint)
         self._report_fn(payload)
 
     # ----------------------------------------------------------------------------------------------- checkpoints
@@ -163,9 +174,10 @@ class TrialContext:
         if not found:
             return None
         state = torch.load(found[-1], map_location="cpu", weights_only=True)
-        saved_report = state.pop(REPORT_KEY, None)
-        if saved_report is not None and not self.shares_training:
-            self._report_fn(saved_report)
+        saved = state.pop(REPORT_KEY, None)
+        if saved is not None and not self.shares_training:
+            for payload in [saved] if isinstance(saved, dict) else saved:  # one report: checkpoints of before
+                self._report_fn(payload)
         return state
 
 

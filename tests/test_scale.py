@@ -227,3 +227,35 @@ def test_eight_concurrent_trials_lose_no_metric_points(tmp_path):
     # they did run side by side: at some moment all eight runs were open
     spans = [(r.info.start_time, r.info.end_time) for r in runs]
     assert max(sum(s <= t < e for s, e in spans) for t, _ in spans) == 8
+
+
+def test_a_checkpoint_carries_the_reports_of_two_intervals_and_resuming_replays_them(tmp_path):
+    """Reports wait in Ray's queues until the driver polls the trial and die with a killed process; the checkpoints
+    saved after them carry them, so a resumed trial sends each again (the driver drops steps it already has)."""
+    import torch
+
+    from harness.trial import TrialContext
+
+    paths = {"run_dir": str(tmp_path / "run"), "cache_dir": str(tmp_path / "cache"), "data_root": str(tmp_path)}
+    sent: list[int] = []
+    ctx = TrialContext({}, paths, lambda p: sent.append(p["step"]))
+    state = {"w": torch.zeros(2)}
+    for step in (50, 100):
+        ctx.report(step, {"loss": 1.0})
+    ctx.report(150, {"loss": 1.0}, checkpoint=state)
+    ctx.report(200, {"loss": 1.0})
+    ctx.report(250, {"loss": 1.0}, checkpoint=state)
+    ctx.report(300, {"loss": 1.0})  # after the last checkpoint: trained and reported again after a resume
+    assert sent == [50, 100, 150, 200, 250, 300]
+
+    replayed: list[int] = []
+    resumed = TrialContext({}, paths, lambda p: replayed.append(p["step"]))
+    assert torch.equal(resumed.load_checkpoint()["w"], state["w"])
+    assert replayed == [50, 100, 150, 200, 250]  # the last two checkpoint intervals, this checkpoint included
+    ctx.report(350, {"loss": 1.0}, checkpoint=state)
+    replayed.clear()
+    resumed.load_checkpoint()
+    assert replayed == [200, 250, 300, 350]
+    rank1 = TrialContext({}, paths, lambda p: None, rank=1, world_size=2)
+    rank1.report(350, {"loss": 1.0}, checkpoint=None)
+    assert rank1._since_checkpoint == []  # only rank 0's reports reach the driver, so only it keeps them
