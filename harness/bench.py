@@ -163,19 +163,88 @@ def zoo_benchmark(
     table = format_table(rows, cols, markdown=True)
     echo("")
     echo(table)
-    info = machine_info()
-    if threads:
-        info["torch threads"] = str(threads)
+    extra = {"torch threads": str(threads)} if threads else {}
+    extra["fp32 matmul (2048^3)"] = f"{ceiling:.1f} GFLOP/s"
+    _write_report(out, "Zoo throughput benchmark", [
+        "Produced by `harness bench zoo`: fp32, no compile, 32x32x3 input,",
+        "patch 4, 10 classes; training = forward + backward + AdamW on the EDM loss with gradient clipping.",
+        f"Timed steps per cell: {steps} (after one warm-up step).", "",
+        "GFLOP/s are from the zoo's analytic forward FLOPs (training counted as 3x forward); `frac` is the",
+        "fraction of the fp32 matmul throughput measured at the start of the same run."], table, extra, echo=echo)
+    return rows
+
+
+def _write_report(out: str | Path, title: str, intro: list[str], table: str, extra: dict[str, str] | None = None,
+                  echo: Callable[[str], None] = print) -> Path:
+    """results/bench/<name>.md: the title, what was measured, the machine and versions, the table."""
+    info = {**machine_info(), **(extra or {})}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["# Zoo throughput benchmark", "", "Produced by `harness bench zoo`: fp32, no compile, 32x32x3 input,",
-             "patch 4, 10 classes; training = forward + backward + AdamW on the EDM loss with gradient clipping.",
-             f"Timed steps per cell: {steps} (after one warm-up step).", "",
-             "| machine | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in info.items()]
-    lines += [f"| fp32 matmul (2048^3) | {ceiling:.1f} GFLOP/s |", "",
-              "GFLOP/s are from the zoo's analytic forward FLOPs (training counted as 3x forward); `frac` is the",
-              "fraction of the fp32 matmul throughput measured at the start of the same run.", "", table, ""]
+    lines = [f"# {title}", "", *intro, "", "| machine | |", "|---|---|", *[f"| {k} | {v} |" for k, v in info.items()],
+             "", table, ""]
     out.write_text("\n".join(lines))
     echo(f"\nwrote {out}")
+    return out
+
+
+def eval_benchmark(path: str | Path, profile: str | None, sets: dict[str, Any] | None, out: str | Path,
+                   echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Time a study's evaluation twice in one fresh cache, as a study's first and second evaluation run it: sampling,
+    features of the samples, features of the reference set (first run only: the second finds them in torch-fidelity's
+    cache) and the rest (held-out denoising loss, grid). Uses the study's first trial with its model at random
+    initialisation: the times are real, the distances meaningless, so none is printed. EDM-recipe studies only."""
+    import tempfile
+
+    import torch
+
+    from harness.errors import UserError
+    from harness.recipes import trial_model
+    from harness.recipes.edm import _load_data, evaluate
+    from harness.spec import expand_trials, load_study
+    from harness.trial import TrialContext
+
+    loaded = load_study(path, profile, sets)
+    if loaded.study.recipe != "edm":
+        raise UserError(f"harness bench eval times the edm recipe's evaluation; {path} uses {loaded.study.recipe!r}")
+    trial = expand_trials(loaded)[0]
+    payload = trial.payload()
+    ev = payload["eval"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {"run_dir": f"{tmp}/run", "cache_dir": f"{tmp}/cache", "data_root": str(loaded.data_root())}
+        ctx = TrialContext(payload, paths, lambda _p: None, cpus=os.cpu_count() or 1)
+        ctx.set_threads()
+        train = _load_data(payload, ctx, "train")
+        torch.manual_seed(0)
+        model, _cfg = trial_model(payload)
+        model.eval()
+        for run in ("first", "second"):
+            m, _arts, _tags = evaluate(model, payload, ctx, train, 1)
+            rows.append({"run": run, "sample_s": m["sample_seconds"], "metric_s": m.get("metric_seconds", 0.0),
+                         "eval_s": m["eval_seconds"]})
+    first, second = rows
+    for r in rows:
+        r["other_s"] = r["eval_s"] - r["sample_s"] - r["metric_s"]
+    # torch-fidelity extracts the samples' features on both runs and the reference's on the first only
+    first["sample_features_s"] = second["sample_features_s"] = second["metric_s"]
+    first["reference_features_s"] = max(0.0, first["metric_s"] - second["metric_s"])
+    second["reference_features_s"] = 0.0
+    speedup = first["eval_s"] / max(second["eval_s"], 1e-9)
+    cols = ["run", "eval_s", "sample_s", "sample_features_s", "reference_features_s", "other_s"]
+    for r in rows:
+        for k in cols[1:]:
+            r[k] = round(r[k], 2)
+    table = format_table(rows, cols, markdown=True)
+    what = (f"{loaded.study.name} [{loaded.profile}], trial {trial.run_name}: n = {ev['n_samples']} samples "
+            f"({ev['sampler']}, {ev['sampler_steps']} steps) against as many training images, extractor "
+            f"{ev['extractor']}")
+    echo(what)
+    echo(table)
+    echo(f"second evaluation {speedup:.2f}x faster than the first (reference features cached)")
+    _write_report(out, "Evaluation benchmark", [
+        "Produced by `harness bench eval`: one study trial's evaluation run twice in a fresh cache, as a study's",
+        "first and second evaluation run it. The model is at random initialisation (times only; no distance is",
+        "reported). sample_features_s is the second run's metric time; reference_features_s is what the first run",
+        "spent beyond it (the reference features, cached by torch-fidelity under a content-hash name).", "",
+        f"{what}.", "", f"**Second evaluation: {speedup:.2f}x faster than the first.**"], table, echo=echo)
     return rows

@@ -300,6 +300,19 @@ def bench_zoo(variants: str, widths: str, batches: str, steps: int, threads: int
     )
 
 
+@bench.command("eval")
+@_study_file
+@_profile
+@_sets
+@click.option("--out", default="results/bench/eval.md", show_default=True, type=click.Path(dir_okay=False))
+def bench_eval(study_file, profile, sets, out: str) -> None:
+    """FID/KID evaluation time of STUDY_FILE's first trial: sampling, sample features and reference features, for a
+    first and a second (reference cached) evaluation."""
+    from harness.bench import eval_benchmark
+
+    eval_benchmark(study_file, profile, parse_sets(sets), out, echo=click.echo)
+
+
 main.add_command(fid_weights)  # `harness fid-weights`, kept in harness/cli_fid.py
 
 if __name__ == "__main__":
