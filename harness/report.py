@@ -9,6 +9,7 @@ a comparison run after the tables shows up in the report without re-reading the 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def sample_gallery(trials: list, tracker, out_dir: Path, per_row: int = 4) -> tu
     finished = tracker.finished_runs(trials[0].study) if trials else {}
     first_seed: dict[tuple, object] = {}
     for t in trials:
-        key = (t.dataset, t.variant, tuple(sorted(t.axes.items())))
+        key = (t.dataset, t.variant, json.dumps(t.axes, sort_keys=True, default=str))  # axis values may be lists
         if t.config_hash in finished and (key not in first_seed or t.seed < first_seed[key].seed):
             first_seed[key] = t
     cells: list[tuple[str, str]] = []

@@ -162,6 +162,13 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise SpecError(f"{where}: {e}") from None
+    except (RuntimeError, MemoryError, OverflowError) as e:  # a value too large to check (e.g. T = 5e8 steps)
+        raise SpecError(f"{where}: a value is too large to use ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -479,8 +486,12 @@ def _expand_part(loaded: LoadedStudy, s: Study, where: str) -> list[Trial]:
         ev = dataclasses.asdict(resolve_extractor(from_dict(EvalSpec, sections["eval"], f"{where}: eval"), where))
         data = dataclasses.asdict(from_dict(DataSpec, sections["data"], f"{where}: data"))
         family = zoo.entry(variant).family
-        params = _meta_params(family, cfg)
-        gflops = zoo.get_family(family).flops(cfg) / 1e9
+        try:  # on the meta device: nothing is allocated, but absurd sizes still overflow torch's size arithmetic
+            params = _meta_params(family, cfg)
+            gflops = zoo.get_family(family).flops(cfg) / 1e9
+        except (RuntimeError, MemoryError, OverflowError, ValueError) as e:
+            raise SpecError(f"{where}: variant {variant!r} cannot be built with this config ({_first_line(e)})"
+                            ) from None
         diagnostic = variant in s.budget.diagnostic
         steps = train.get("steps", 0)
         if s.budget.max_params is not None and params > s.budget.max_params and not diagnostic:

@@ -201,6 +201,7 @@ BAD_STUDIES = {
     "over_budget": {"budget": {"max_params": 1000}},
     "missing_dataset": {"datasets": ["cifar10"], "data": {"root": "nowhere", "download": False}},
     "no_seeds": {"seeds": []},  # found by the hypothesis test: zero trials crashed the table writer
+    "absurd_width": {"model": {"width": 8098668032}},  # overflowed torch's size arithmetic even on the meta device
 }
 
 
@@ -264,7 +265,8 @@ def test_toy_ddpm_smoke_runs_every_substudy_and_writes_tables_and_plots(tmp_path
 
 @pytest.mark.parametrize(
     ("setting", "fragment"),
-    [("train.T=0", "T"), ("train.lbeta=1.5", "lbeta"), ("train.ubeta=0", "ubeta"), ("train.schedule=cosin", "cosine")],
+    [("train.T=0", "T"), ("train.lbeta=1.5", "lbeta"), ("train.ubeta=0", "ubeta"), ("train.schedule=cosin", "cosine"),
+     ("train.T=20000000000", "too large")],  # found by the hypothesis test: a schedule of 160 GB was a traceback
 )
 def test_toy_ddpm_bad_settings_refused_before_training(tmp_path, setting, fragment):
     results = tmp_path / "results"
