@@ -253,6 +253,11 @@ def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, add
         tracker.finish(parent, "KILLED")
         echo("interrupted: rerun the same command to resume")
         sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - Ray itself gave up (e.g. its memory monitor killed trial processes)
+        callback.close_all("KILLED")  # resumable: the rerun continues each trial from its checkpoint
+        tracker.finish(parent, "KILLED")
+        first = " ".join(str(e).split())[:300] or type(e).__name__
+        raise UserError(f"Ray stopped the study ({first}); rerun the same command to resume") from None
     finally:
         signal.signal(signal.SIGTERM, old)
     callback.close_all("FAILED")  # anything Tune did not report as complete

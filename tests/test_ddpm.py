@@ -109,9 +109,10 @@ def test_equal_bounds_give_a_constant_schedule():
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (("linear", 0), "T must be an integer >= 1"),
-        (("linear", 2.5), "T must be an integer >= 1"),
-        (("linear", True), "T must be an integer >= 1"),
+        (("linear", 0), "T must be an integer from 1 to 1,000,000"),
+        (("linear", 2.5), "T must be an integer from 1"),
+        (("linear", True), "T must be an integer from 1"),
+        (("linear", 1_000_001), "T must be an integer from 1 to 1,000,000, got 1000001"),
         (("cosin", 10), "did you mean 'cosine'"),
         (("scaled-linear", 10), "did you mean 'scaled_linear'"),
         (("quadratic", 10), "use one of linear, scaled_linear"),

@@ -259,3 +259,32 @@ def test_a_checkpoint_carries_the_reports_of_two_intervals_and_resuming_replays_
     rank1 = TrialContext({}, paths, lambda p: None, rank=1, world_size=2)
     rank1.report(350, {"loss": 1.0}, checkpoint=None)
     assert rank1._since_checkpoint == []  # only rank 0's reports reach the driver, so only it keeps them
+
+
+def test_ray_giving_up_mid_study_is_one_sentence_and_leaves_the_runs_resumable(tmp_path, monkeypatch):
+    """Ray's memory monitor killing trial processes makes Tune raise out of fit(): the driver closes the runs as
+    KILLED (a rerun resumes them) and says so in one sentence instead of a traceback."""
+    import ray
+    from click.testing import CliRunner
+    from ray import tune
+
+    from harness.cli import main
+
+    def fit(self):
+        raise RuntimeError("Caught unexpected exception: 2 worker(s) were killed due to the node running low on\n"
+                           "memory.")
+
+    monkeypatch.setattr(tune.Tuner, "fit", fit)
+    results = tmp_path / "results"
+    try:
+        res = CliRunner().invoke(main, ["study", str(STUDY), "--profile", "smoke", "--results-dir", str(results),
+                                        "--set", "variants=[D8]"])
+    finally:
+        ray.shutdown()
+    assert res.exit_code == 2, res.output
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("error: Ray stopped the study (Caught unexpected exception: 2 worker(s) were killed due "
+                           "to the node running low on memory.); rerun the same command to resume"), res.output
+    c = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = c.search_runs([c.get_experiment_by_name("block_sharing").experiment_id])
+    assert runs and {r.info.status for r in runs} == {"KILLED"}

@@ -36,9 +36,12 @@ SIGMOID_RANGE = 6.0  # sigmoid schedule evaluated on linspace(-6, 6, T) (spec 3.
 EpsModel = Callable[[Tensor, Tensor], Tensor]  # model(x_t, t) -> eps_hat, t a long tensor (N,)
 
 
+MAX_T = 1_000_000  # far beyond any discrete DDPM (papers use 10-4000); keeps a typo from allocating gigabytes
+
+
 def _check_settings(name: str, T: int, lbeta: float, ubeta: float) -> None:
-    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
-        raise ValueError(f"the number of diffusion steps T must be an integer >= 1, got {T!r}")
+    if not isinstance(T, int) or isinstance(T, bool) or not 1 <= T <= MAX_T:
+        raise ValueError(f"the number of diffusion steps T must be an integer from 1 to {MAX_T:,}, got {T!r}")
     if name not in BETA_SCHEDULES:
         close = difflib.get_close_matches(str(name), BETA_SCHEDULES, n=2, cutoff=0.5)
         hint = f"did you mean {' or '.join(map(repr, close))}?" if close else f"use one of {', '.join(BETA_SCHEDULES)}"
