@@ -147,8 +147,7 @@ def substudy_table(df: pd.DataFrame, name: str, datasets: list[str], metrics: li
                 if p is not None:
                     show[f"Paper {label} ({ds})"] = _paper_num(p)
                     if len(vals):  # the same quantity on the same dataset: how far ours is from the paper's
-                        num[f"diff_{m}_{ds}"] = mean - p
-                        d = mean - p
+                        d = num[f"diff_{m}_{ds}"] = mean - p
                         show[f"Diff {label} ({ds})"] = f"{d:+,.0f}" if abs(d) >= 1000 else f"{d:+.2f}"
         for ds in _paper_only_datasets(paper, name, datasets, metrics):  # the paper's numbers on its own dataset
             row = paper[(paper.study == name) & (paper.setting.astype(str) == setting)]
