@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.layers import Dropout
 from zoo.registry import Family, ZooError, names, register, register_family
 
 FAMILY = "block_sharing"
@@ -172,7 +173,7 @@ class ResidualMLP(nn.Module):
         self.norm = norm
         self.up = nn.Linear(width, 2 * d_ff, bias=False)
         self.act = GEGLU()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.down = _zero_init(nn.Linear(d_ff, width, bias=False))
 
     def forward(self, x: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
@@ -217,7 +218,7 @@ class AxialRoPE(nn.Module):
         self.freqs_h = nn.Parameter(init.clone())
         self.freqs_w = nn.Parameter(init.clone())
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:  # x (N, H, L, E), pos (L, 2)
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:  # x (..., H, L, E), pos (L, 2)
         ang_h = pos[:, 0, None, None] * self.freqs_h.exp()  # (L, H, E/4)
         ang_w = pos[:, 1, None, None] * self.freqs_w.exp()  # (L, H, E/4)
         # (L, H, E/2) -> (L, H, E): each angle drives one adjacent pair -> (H, L, E) to broadcast over N
@@ -238,7 +239,7 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width, bias=False)
         self.qk_scale = nn.Parameter(torch.full((self.n_heads,), math.log(10.0)))
         self.rope = AxialRoPE(head_dim, self.n_heads)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.out = _zero_init(nn.Linear(width, width, bias=False))
 
     @torch.no_grad()
@@ -253,14 +254,14 @@ class SelfAttention(nn.Module):
         self.project_()
         qkv = self.qkv(self.norm(x, cond))
         # (N, L, 3W) -> (N, L, 3, H, E) -> (3, N, H, L, E)
-        q, k, v = qkv.view(n, length, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = qkv.view(n, length, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         # RMS-normalised q and k have squared norm E; scaling each by exp(s/2) E^(-1/4) makes SDPA's default
         # 1/sqrt(E) produce logits exp(s) * cos(q, k).
         gain = torch.exp(0.5 * self.qk_scale - 0.25 * math.log(self.head_dim))
-        gain = gain[:, None, None]  # (H,) -> (H, 1, 1), broadcast over (N, H, L, E)
-        q = self.rope(_rms_norm(q, gain), pos)
-        k = self.rope(_rms_norm(k, gain), pos)
-        y = F.scaled_dot_product_attention(q, k, v)
+        gain = gain[:, None, None]  # (H,) -> (H, 1, 1), broadcast over (2, N, H, L, E)
+        # q and k are normalised and rotated together: half the elementwise kernel launches (bench zoo, width 128)
+        q, k = self.rope(_rms_norm(qkv[:2], gain), pos).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, qkv[2])
         y = y.transpose(1, 2).reshape(n, length, width)  # (N, H, L, E) -> (N, L, H*E)
         return x + self.out(self.dropout(y))
 

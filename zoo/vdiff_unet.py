@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.classical import SINUSOID_BASE, _attention, _attention_macs, _check, _positive_ints, matmul_decay_groups
+from zoo.layers import Dropout
 from zoo.registry import Family, register, register_family
 
 VDIFF_FAMILY = "vdiff_unet"
@@ -81,7 +82,7 @@ class DSRes(nn.Module):
     def __init__(self, c_in: int, c_out: int, groups: int, dropout: float):
         super().__init__()
         self.main = nn.Sequential(nn.GroupNorm(groups, c_in), nn.SiLU(), DSConv(c_in, c_out),
-                                  nn.GroupNorm(groups, c_out), nn.SiLU(), nn.Dropout(dropout), DSConv(c_out, c_out))
+                                  nn.GroupNorm(groups, c_out), nn.SiLU(), Dropout(dropout), DSConv(c_out, c_out))
         self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
