@@ -62,6 +62,7 @@ class TrialContext:
         self._accelerator = None
         self.started = time.time()
         self.trained_epochs = 0  # epochs (or steps) this process trained, as opposed to restored
+        self._data_seconds = 0.0  # time in ``data_wait`` blocks since ``data_wait_share`` last read it
 
     @property
     def is_main(self) -> bool:
@@ -75,17 +76,34 @@ class TrialContext:
         torch.set_num_threads(n)
         os.environ["OMP_NUM_THREADS"] = str(n)
 
-    def accelerator(self, mixed_precision: str = "no", grad_accum: int = 1):
-        """The trial's Accelerator (created once). Under Ray Train the process group already exists."""
+    def accelerator(self, mixed_precision: str = "no", grad_accum: int = 1, compile: bool | None = None):
+        """The trial's Accelerator (created once). Under Ray Train the process group already exists. With
+        ``compile`` (the train section's key), ``prepare`` compiles the model with torch.compile (inductor)."""
         if self._accelerator is None:
             import torch
             from accelerate import Accelerator
 
             cpu = not torch.cuda.is_available()
             self._accelerator = Accelerator(
-                cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum
+                cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
+                dynamo_backend="inductor" if compile else "no",
             )
         return self._accelerator
+
+    @contextlib.contextmanager
+    def data_wait(self):
+        """Time the training step spends producing its batch (fetch, conversion, augmentation): the recipe wraps
+        that code in this block and reports ``data_wait_share`` (``harness bench data`` reads it)."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._data_seconds += time.perf_counter() - t
+
+    def data_wait_share(self, elapsed: float) -> float:
+        """The share of ``elapsed`` seconds (the reporting window) spent in ``data_wait`` blocks; restarts the count."""
+        share, self._data_seconds = self._data_seconds / max(elapsed, 1e-9), 0.0
+        return min(1.0, share)
 
     # ------------------------------------------------------------------------------------------------- reporting
     def report(self, step: int, metrics: dict[str, Any], artifacts: list[str] | None = None,
@@ -182,6 +200,57 @@ class TrialContext:
 
 
 # ---------------------------------------------------------------------------------------------- Ray entry points
+class BackgroundReports:
+    """Sends a trial's reports from a background thread, in order. A Tune function trainable's ``tune.report``
+    blocks the training thread until the driver asks for the next result, i.e. until the driver has logged the
+    previous one to MLflow: 20 ms per report on this kind of machine (``harness bench overhead``), 2% of training
+    time at one report per second. With this thread the training loop only enqueues. The final report (and
+    ``close``) waits for everything queued, so a trial's function never returns before its reports are sent; an
+    error sending one is raised in the training thread at its next report."""
+
+    def __init__(self, send: Callable[[dict[str, Any]], None]) -> None:
+        import queue
+        import threading
+
+        self._send = send
+        self._queue: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="harness-reports", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            payload = self._queue.get()
+            try:
+                if payload is None:
+                    return
+                if self._error is None:  # after an error (or Tune's stop) the rest is dropped, never sent out of order
+                    self._send(payload)
+            except BaseException as e:  # noqa: BLE001 - including Tune's SystemExit when it stops the trial
+                self._error = e
+            finally:
+                self._queue.task_done()
+
+    def __call__(self, payload: dict[str, Any]) -> None:
+        self._raise()
+        self._queue.put(payload)
+        if payload.get("final"):
+            self.flush()
+
+    def flush(self) -> None:
+        self._queue.join()
+        self._raise()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._queue.join()
+        self._thread.join()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
 def _where() -> dict[str, str]:
     """Tags saying where this process runs: the Ray node (id and IP) and the process id."""
     import ray
@@ -191,8 +260,13 @@ def _where() -> dict[str, str]:
             "harness.pid": str(os.getpid())}
 
 
-def _run_recipe(config: dict[str, Any], report_fn, rank: int, world_size: int) -> None:
+def _run_recipe(config: dict[str, Any], report_fn, rank: int, world_size: int, background: bool = False) -> None:
+    """Run the trial's recipe in this process; ``background``: send reports through :class:`BackgroundReports`."""
     from harness.recipes import get_recipe
+
+    reports = BackgroundReports(report_fn) if background else None
+    if reports is not None:
+        report_fn = reports
 
     trial = config["trial"]
     where = _where()
@@ -230,6 +304,8 @@ def _run_recipe(config: dict[str, Any], report_fn, rank: int, world_size: int) -
             failure.write_text(str(e) if isinstance(e, TrialFailed) else f"{type(e).__name__}: {e}")
         raise
     finally:
+        if reports is not None:  # what the trial reported before failing still reaches the driver
+            reports.close()
         if sampler is not None:
             sampler.close()
 
@@ -291,4 +367,4 @@ def tune_trial(config: dict[str, Any]) -> None:
         )
         trainer.fit()
     else:
-        _run_recipe(config, tune.report, 0, 1)
+        _run_recipe(config, tune.report, 0, 1, background=True)

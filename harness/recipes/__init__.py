@@ -53,18 +53,19 @@ def image_model_overrides(model: dict, dataset: str, data: dict, train: dict | N
 
 def start_trial(trial: dict[str, Any], ctx: Any, mixed_precision: str = "no") -> tuple[Any, ...]:
     """The common start of an image recipe: (accelerator, seed, a torch Generator seeded per rank, the training
-    split, model, model config), with torch's global RNG seeded per rank too."""
+    split, model in the study's memory format, model config), with torch's global RNG seeded per rank too."""
     import torch
 
     from harness.data import load_study_data
+    from harness.recipes.speed import prepare_model
 
-    acc = ctx.accelerator(mixed_precision)
+    acc = ctx.accelerator(mixed_precision, compile=trial["train"].get("compile"))
     seed = int(trial["seed"])
     torch.manual_seed(seed * 1000 + ctx.rank)
     gen = torch.Generator().manual_seed(seed * 1000 + ctx.rank)
     train = load_study_data(trial["dataset"], {**trial["data"], "root": str(ctx.data_root)}, "train")
     model, model_cfg = trial_model(trial)
-    return acc, seed, gen, train, model, model_cfg
+    return acc, seed, gen, train, prepare_model(model, trial["train"]), model_cfg
 
 
 def trial_model(trial: dict[str, Any]) -> tuple[Any, Any]:
@@ -151,6 +152,7 @@ def _load_builtin() -> None:
         ddpm_image_config,
         edm_config,
         gan_config,
+        null_config,
         score_config,
         vdiff_config,
     )

@@ -118,9 +118,10 @@ def train_classify(trial: dict[str, Any], ctx: TrialContext) -> None:
     from harness.data import TensorBatches, load_study_data
     from harness.recipes import param_groups, trial_model
     from harness.recipes.classify_config import ClassifyTrain
+    from harness.recipes.speed import optimizer, prepare_model, to_format
 
     cfg = ClassifyTrain(**{k: tuple(v) if isinstance(v, list) else v for k, v in trial["train"].items()})
-    acc = ctx.accelerator(cfg.mixed_precision)
+    acc = ctx.accelerator(cfg.mixed_precision, compile=cfg.compile)
     ev = trial["eval"]
     seed = int(trial["seed"])
     torch.manual_seed(seed * 1000 + ctx.rank)
@@ -135,6 +136,7 @@ def train_classify(trial: dict[str, Any], ctx: TrialContext) -> None:
     augment = BatchAugment(cfg.randaugment, cfg.randaugment_ops, cfg.randaugment_magnitude, cfg.augment_group,
                            cfg.crop_pad, cfg.flip)
     model, _model_cfg = trial_model(trial)
+    model = prepare_model(model, cfg)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     per_worker = max(1, cfg.batch_size // ctx.world_size)
     gen = torch.Generator().manual_seed(seed * 1000 + ctx.rank)
@@ -151,7 +153,8 @@ def train_classify(trial: dict[str, Any], ctx: TrialContext) -> None:
         peak_lr, history = lr_range_test(model, finder_batches, augment, norm, cfg, loss_fn, acc.device)
         _report_range_test(ctx, history, peak_lr, time.perf_counter() - t0)
 
-    opt = torch.optim.AdamW(param_groups(model, peak_lr, cfg.weight_decay), lr=peak_lr, betas=cfg.betas)
+    opt = optimizer(torch.optim.AdamW, param_groups(model, peak_lr, cfg.weight_decay), cfg, acc.device, lr=peak_lr,
+                    betas=cfg.betas)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=peak_lr, total_steps=cfg.steps, pct_start=cfg.pct_start, anneal_strategy="cos",
         div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor)
@@ -170,8 +173,9 @@ def train_classify(trial: dict[str, Any], ctx: TrialContext) -> None:
     seen, t_log = 0, time.perf_counter()
     model.train()
     while step < cfg.steps:
-        x, y = next(batches)
-        x = norm(augment(x))
+        with ctx.data_wait():
+            x, y = next(batches)
+            x = to_format(norm(augment(x)), cfg)
         logits = model(x)
         loss = loss_fn(logits, y)
         opt.zero_grad(set_to_none=True)
@@ -191,9 +195,10 @@ def train_classify(trial: dict[str, Any], ctx: TrialContext) -> None:
             train_loss = float(loss_sum) / seen
             if not math.isfinite(train_loss):
                 raise TrialFailed(f"training loss became {train_loss} by step {step}")
+            elapsed = time.perf_counter() - t_log
             metrics = {"train_loss": train_loss, "train_accuracy": float(correct) / seen,
-                       "lr": sched.get_last_lr()[0],
-                       "images_per_s": seen * ctx.world_size / max(time.perf_counter() - t_log, 1e-9)}
+                       "lr": sched.get_last_lr()[0], "images_per_s": seen * ctx.world_size / max(elapsed, 1e-9),
+                       "data_wait_share": ctx.data_wait_share(elapsed)}
             loss_sum.zero_()
             correct.zero_()
             seen = 0

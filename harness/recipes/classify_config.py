@@ -12,12 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.recipes import Recipe, image_model_overrides, register_recipe
+from harness.recipes.speed import SpeedKeys
 
 LR_RULES = ("steepest", "min_tenth")  # range test -> peak LR: steepest descent of the loss, or a tenth of the minimum
 
 
 @dataclass(frozen=True)
-class ClassifyTrain:
+class ClassifyTrain(SpeedKeys):
     steps: int = 10_000
     batch_size: int = 1024  # global batch, split across workers
     lr: float | None = None  # OneCycle peak LR; None: from the range test

@@ -23,10 +23,11 @@ def train_ddpm(trial: dict[str, Any], ctx: TrialContext) -> None:
     from harness.points import load_study_points
     from harness.recipes import trial_model
     from harness.recipes.ddpm_config import DDPMTrain
+    from harness.recipes.speed import optimizer
 
     cfg = DDPMTrain(**trial["train"])
     ev = trial["eval"]
-    acc = ctx.accelerator(cfg.mixed_precision)
+    acc = ctx.accelerator(cfg.mixed_precision, compile=cfg.compile)
     seed = int(trial["seed"])
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)  # batch order, timesteps and noise
@@ -34,7 +35,7 @@ def train_ddpm(trial: dict[str, Any], ctx: TrialContext) -> None:
     train = load_study_points(trial["dataset"], data, "train")
     test = load_study_points(trial["dataset"], data, "test")
     model, _ = trial_model(trial)
-    opt = torch.optim.Adam(model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr)
+    opt = optimizer(torch.optim.Adam, model.param_groups(cfg.lr, cfg.weight_decay), cfg, acc.device, lr=cfg.lr)
     ddpm = DDPM(cfg.T, cfg.schedule, cfg.lbeta, cfg.ubeta)
 
     epoch = 0
@@ -61,7 +62,9 @@ def train_ddpm(trial: dict[str, Any], ctx: TrialContext) -> None:
         model.train()
         perm = torch.randperm(n, generator=gen).to(acc.device)
         for start in range(0, n, bs):  # the homework's DataLoader keeps the last, smaller batch
-            loss = ddpm.loss(model, x[perm[start:start + bs]], generator=gen)
+            with ctx.data_wait():
+                batch = x[perm[start:start + bs]]
+            loss = ddpm.loss(model, batch, generator=gen)
             opt.zero_grad(set_to_none=True)
             acc.backward(loss)
             opt.step()
@@ -73,8 +76,9 @@ def train_ddpm(trial: dict[str, Any], ctx: TrialContext) -> None:
             mean_loss = float(loss_sum) / max(1, batches)
             if not math.isfinite(mean_loss):
                 raise TrialFailed(f"training loss became {mean_loss} by epoch {epoch}")
-            metrics: dict[str, float] = {"loss": mean_loss,
-                                         "points_per_s": batches * bs / max(time.perf_counter() - t0, 1e-9)}
+            elapsed = time.perf_counter() - t0
+            metrics: dict[str, float] = {"loss": mean_loss, "points_per_s": batches * bs / max(elapsed, 1e-9),
+                                         "data_wait_share": ctx.data_wait_share(elapsed)}
             tags, resume_tags = resume_tags, {}
             artifacts: list[str] = []
             if last and ctx.is_main:

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.recipes import Recipe, register_recipe
+from harness.recipes.speed import SpeedKeys
 
 
 @dataclass(frozen=True)
-class DDPMTrain:
+class DDPMTrain(SpeedKeys):
     epochs: int = 500
     batch_size: int = 1024
     lr: float = 1e-3

@@ -21,9 +21,10 @@ def train_ddpm_image(trial: dict[str, Any], ctx: TrialContext) -> None:
     from harness.recipes import restore, trial_model
     from harness.recipes.ddpm_image_config import DDPMImageTrain
     from harness.recipes.measure import check_arm, end_epoch, report_final
+    from harness.recipes.speed import optimizer, prepare_model, to_format
 
     cfg = DDPMImageTrain(**trial["train"])
-    acc = ctx.accelerator(cfg.mixed_precision)
+    acc = ctx.accelerator(cfg.mixed_precision, compile=cfg.compile)
     check_arm(cfg.quantize, str(acc.device))
     seed = int(trial["seed"])
     torch.manual_seed(seed)
@@ -32,8 +33,9 @@ def train_ddpm_image(trial: dict[str, Any], ctx: TrialContext) -> None:
     train = load_study_data(trial["dataset"], data, "train")
     test = load_study_data(trial["dataset"], data, "test")
     model, model_cfg = trial_model(trial)
+    model = prepare_model(model, cfg)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay else None
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    opt = optimizer(torch.optim.AdamW, model.parameters(), cfg, acc.device, lr=cfg.lr)
     ddpm = DDPM(cfg.T, cfg.schedule, cfg.lbeta, cfg.ubeta)
     batches = TensorBatches(train, cfg.batch_size, gen, device=acc.device, drop_last=False)
 
@@ -45,7 +47,9 @@ def train_ddpm_image(trial: dict[str, Any], ctx: TrialContext) -> None:
             model.train()
             t0, total = time.perf_counter(), torch.zeros((), device=acc.device)
             for _ in range(batches.batches_per_epoch):
-                x, y = next(batches)
+                with ctx.data_wait():
+                    x, y = next(batches)
+                    x = to_format(x, cfg)
                 if model_cfg.num_classes == 0 or float(torch.rand((), generator=gen)) < cfg.label_dropout:
                     y = None  # unconditional batch: what guidance subtracts at sampling time
 

@@ -64,9 +64,10 @@ def train_edm(trial: dict[str, Any], ctx: TrialContext) -> None:
     from harness.diffusion.edm import dropout_classes, ema_decay, ema_update, sample_sigmas_train
     from harness.recipes import trial_model
     from harness.recipes.edm_config import EDMTrain
+    from harness.recipes.speed import optimizer, prepare_model, to_format
 
     cfg = EDMTrain(**{k: tuple(v) if isinstance(v, list) else v for k, v in trial["train"].items()})
-    acc = ctx.accelerator(cfg.mixed_precision, cfg.grad_accum)
+    acc = ctx.accelerator(cfg.mixed_precision, cfg.grad_accum, compile=cfg.compile)
     seed = int(trial["seed"])
     torch.manual_seed(seed * 1000 + ctx.rank)  # model dropout: per rank
     # Batches, sigmas, noise, augmentation and class dropout are drawn for the global batch from one stream that is the
@@ -76,8 +77,10 @@ def train_edm(trial: dict[str, Any], ctx: TrialContext) -> None:
 
     train = _load_data(trial, ctx, "train")
     model, model_cfg = trial_model(trial)
+    model = prepare_model(model, cfg)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    opt = optimizer(torch.optim.AdamW, model.param_groups(cfg.lr, cfg.weight_decay), cfg, acc.device, lr=cfg.lr,
+                    betas=cfg.betas, eps=cfg.eps)
     batches = TensorBatches(train, cfg.batch_size, gen, device=acc.device, shard=(ctx.rank, ctx.world_size))
     mine = shard_slice(cfg.batch_size, ctx.rank, ctx.world_size)
     augment = KarrasAugment(cfg.augment_prob) if cfg.augment_prob > 0 else None
@@ -101,10 +104,12 @@ def train_edm(trial: dict[str, Any], ctx: TrialContext) -> None:
     seen, t_log = 0, time.perf_counter()
     while step < cfg.steps:
         loss_module.train()
-        x0, y = next(batches)  # this rank's slice of the global batch
-        aug_cond = None
-        if augment is not None:  # parameters drawn for the global batch, applied to the slice
-            x0, aug_cond = augment.apply(x0, augment.sample_params(cfg.batch_size, gen)[mine])
+        with ctx.data_wait():
+            x0, y = next(batches)  # this rank's slice of the global batch
+            aug_cond = None
+            if augment is not None:  # parameters drawn for the global batch, applied to the slice
+                x0, aug_cond = augment.apply(x0, augment.sample_params(cfg.batch_size, gen)[mine])
+            x0 = to_format(x0, cfg)
         if num_classes:
             y_global = torch.zeros(cfg.batch_size, dtype=y.dtype, device=y.device)
             y_global[mine] = y  # only the slice's labels matter; the dropout draw covers the global batch
@@ -135,7 +140,8 @@ def train_edm(trial: dict[str, Any], ctx: TrialContext) -> None:
             if not math.isfinite(mean_loss):
                 raise TrialFailed(f"training loss became {mean_loss} by step {step}")
             elapsed = time.perf_counter() - t_log
-            metrics = {"loss": mean_loss, "images_per_s": seen / max(elapsed, 1e-9), "epoch": batches.epoch}
+            metrics = {"loss": mean_loss, "images_per_s": seen / max(elapsed, 1e-9), "epoch": batches.epoch,
+                       "data_wait_share": ctx.data_wait_share(elapsed)}
             loss_sum.zero_()
             seen = 0
             artifacts: list[str] = []

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.recipes import Recipe, register_recipe
+from harness.recipes.speed import SpeedKeys
 
 
 @dataclass(frozen=True)
-class EDMTrain:
+class EDMTrain(SpeedKeys):
     steps: int = 1_000_000
     batch_size: int = 64  # global batch, split across workers
     lr: float = 5e-4

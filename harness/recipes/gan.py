@@ -44,14 +44,15 @@ def train_gan(trial: dict[str, Any], ctx: TrialContext) -> None:
     from harness.diffusion.edm import ema_update
     from harness.recipes import start_trial
     from harness.recipes.generator_eval import evaluate_generator
+    from harness.recipes.speed import optimizer, to_format
 
     cfg = _config(trial)
     ev = trial["eval"]
     acc, _seed, gen, train, model, model_cfg = start_trial(trial, ctx, cfg.mixed_precision)
     g_net, d_net = model.generator, model.discriminator
     g_ema = copy.deepcopy(g_net).eval().requires_grad_(False)
-    opt_g = torch.optim.Adam(g_net.parameters(), lr=cfg.lr_g, betas=cfg.betas)
-    opt_d = torch.optim.Adam(d_net.parameters(), lr=cfg.lr_d, betas=cfg.betas)
+    opt_g = optimizer(torch.optim.Adam, g_net.parameters(), cfg, acc.device, lr=cfg.lr_g, betas=cfg.betas)
+    opt_d = optimizer(torch.optim.Adam, d_net.parameters(), cfg, acc.device, lr=cfg.lr_d, betas=cfg.betas)
     batches = TensorBatches(train, max(1, cfg.batch_size // ctx.world_size), gen, device=acc.device)
     k = model_cfg.num_classes
 
@@ -71,9 +72,11 @@ def train_gan(trial: dict[str, Any], ctx: TrialContext) -> None:
     while step < cfg.steps:
         g_net.train()
         d_net.train()
-        x, y = next(batches)
-        if cfg.flip:
-            x = torch.where((torch.rand(len(x), generator=gen) < 0.5).view(-1, 1, 1, 1), x.flip(-1), x)
+        with ctx.data_wait():
+            x, y = next(batches)
+            if cfg.flip:
+                x = torch.where((torch.rand(len(x), generator=gen) < 0.5).view(-1, 1, 1, 1), x.flip(-1), x)
+            x = to_format(x, cfg)
         n = len(x)
         z = torch.randn(n, model_cfg.z_dim, generator=gen).to(x.device)
         y_fake = torch.randint(0, k, (n,), generator=gen).to(x.device)
@@ -105,8 +108,9 @@ def train_gan(trial: dict[str, Any], ctx: TrialContext) -> None:
             loss_d_m, loss_g_m, p_real, p_fake = (float(v) / n_steps for v in sums)
             if not (math.isfinite(loss_d_m) and math.isfinite(loss_g_m)):
                 raise TrialFailed(f"GAN losses became D {loss_d_m}, G {loss_g_m} by step {step}")
+            elapsed = time.perf_counter() - t_log
             metrics = {"loss_d": loss_d_m, "loss_g": loss_g_m, "d_real": p_real, "d_fake": p_fake,
-                       "images_per_s": seen / max(time.perf_counter() - t_log, 1e-9)}
+                       "images_per_s": seen / max(elapsed, 1e-9), "data_wait_share": ctx.data_wait_share(elapsed)}
             sums.zero_()
             seen = 0
             artifacts: list[str] = []

@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.recipes import Recipe, image_model_overrides, register_recipe
+from harness.recipes.speed import SpeedKeys
 
 
 @dataclass(frozen=True)
-class GANTrain:
+class GANTrain(SpeedKeys):
     steps: int = 50_000
     batch_size: int = 128  # global batch, split across workers
     lr_g: float = 2e-4

@@ -27,7 +27,8 @@ def end_epoch(ctx: TrialContext, cfg: Any, epoch: int, mean_loss: float, seconds
 
     if not math.isfinite(mean_loss):
         raise TrialFailed(f"training loss became {mean_loss} in epoch {epoch}")
-    history.append({"loss": mean_loss, "train_ms_per_epoch": seconds * 1000})
+    history.append({"loss": mean_loss, "train_ms_per_epoch": seconds * 1000,
+                    "data_wait_share": ctx.data_wait_share(seconds)})
     state = {**state, "epoch": epoch, "history": history}
     if ema is not None:
         state["ema"] = ema.state_dict()

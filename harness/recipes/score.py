@@ -23,12 +23,13 @@ def train_score(trial: dict[str, Any], ctx: TrialContext) -> None:
     from harness.recipes import restore, trial_model
     from harness.recipes.measure import check_arm, end_epoch, report_final
     from harness.recipes.score_config import ScoreTrain
+    from harness.recipes.speed import optimizer, prepare_model, to_format
 
     cfg = ScoreTrain(**trial["train"])
     ev = trial["eval"]
     if ev["sampler"] not in SAMPLERS:
         raise TrialFailed(f"eval.sampler {ev['sampler']!r} is not a score sampler; use one of {', '.join(SAMPLERS)}")
-    acc = ctx.accelerator(cfg.mixed_precision)
+    acc = ctx.accelerator(cfg.mixed_precision, compile=cfg.compile)
     check_arm(cfg.quantize, str(acc.device))
     seed = int(trial["seed"])
     torch.manual_seed(seed)
@@ -37,8 +38,9 @@ def train_score(trial: dict[str, Any], ctx: TrialContext) -> None:
     train = load_study_data(trial["dataset"], data, "train")
     test = load_study_data(trial["dataset"], data, "test")
     model, model_cfg = trial_model(trial)
+    model = prepare_model(model, cfg)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay else None
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = optimizer(torch.optim.Adam, model.parameters(), cfg, acc.device, lr=cfg.lr)
     batches = TensorBatches(train, cfg.batch_size, gen, device=acc.device, drop_last=False)
 
     with ctx.training_lock():  # pruning and int8 arms share their baseline's trained model (Trial.train_hash)
@@ -49,7 +51,9 @@ def train_score(trial: dict[str, Any], ctx: TrialContext) -> None:
             model.train()
             t0, total = time.perf_counter(), torch.zeros((), device=acc.device)
             for _ in range(batches.batches_per_epoch):
-                x, _y = next(batches)
+                with ctx.data_wait():
+                    x, _y = next(batches)
+                    x = to_format(x, cfg)
                 loss = dsm_loss(model, (x + 1) / 2, acc.unwrap_model(model).config.sigma, cfg.eps, gen)
                 opt.zero_grad(set_to_none=True)
                 acc.backward(loss)

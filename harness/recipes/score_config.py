@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.recipes import Recipe, register_recipe
+from harness.recipes.speed import SpeedKeys
 
 
 @dataclass(frozen=True)
-class CompressionKeys:
+class CompressionKeys(SpeedKeys):
     """Post-training compression and EMA, shared by the compression study's recipes."""
 
     ema_decay: float | None = None  # None: no EMA; the report's "+ EMA" arms set e.g. 0.995

@@ -71,13 +71,15 @@ def train_vdiff(trial: dict[str, Any], ctx: TrialContext) -> None:
     from harness.recipes import param_groups, start_trial
     from harness.recipes.generator_eval import evaluate_generator
     from harness.recipes.measure import grid_png
+    from harness.recipes.speed import optimizer, to_format
 
     cfg = _config(trial)
     ev = trial["eval"]
     acc, seed, gen, train, model, model_cfg = start_trial(trial, ctx, cfg.mixed_precision)
     make_sampler(model, model_cfg, cfg, ev["sampler"], ev["sampler_steps"])  # a bad sampler fails before training
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    opt = optimizer(torch.optim.AdamW, param_groups(model, cfg.lr, cfg.weight_decay), cfg, acc.device, lr=cfg.lr,
+                    betas=cfg.betas)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)))
     batches = TensorBatches(train, max(1, cfg.batch_size // ctx.world_size), gen, device=acc.device)
     engine = sobol_engine(seed * 1000 + ctx.rank)
@@ -98,9 +100,11 @@ def train_vdiff(trial: dict[str, Any], ctx: TrialContext) -> None:
     seen, t_log = 0, time.perf_counter()
     while step < cfg.steps:
         model.train()
-        x, y = next(batches)
-        if cfg.flip:
-            x = torch.where((torch.rand(len(x), generator=gen) < 0.5).view(-1, 1, 1, 1), x.flip(-1), x)
+        with ctx.data_wait():
+            x, y = next(batches)
+            if cfg.flip:
+                x = torch.where((torch.rand(len(x), generator=gen) < 0.5).view(-1, 1, 1, 1), x.flip(-1), x)
+            x = to_format(x, cfg)
         if null:
             y = torch.where(torch.rand(len(y), generator=gen) < cfg.cond_dropout, torch.full_like(y, null), y)
         t = sobol_t(len(x), engine).to(x.device)
@@ -123,8 +127,9 @@ def train_vdiff(trial: dict[str, Any], ctx: TrialContext) -> None:
             mean = float(loss_sum) / n_steps
             if not math.isfinite(mean):
                 raise TrialFailed(f"training loss became {mean} by step {step}")
+            elapsed = time.perf_counter() - t_log
             metrics = {"loss": mean, "lr": sched.get_last_lr()[0],
-                       "images_per_s": seen / max(time.perf_counter() - t_log, 1e-9)}
+                       "images_per_s": seen / max(elapsed, 1e-9), "data_wait_share": ctx.data_wait_share(elapsed)}
             loss_sum.zero_()
             seen = 0
             artifacts: list[str] = []

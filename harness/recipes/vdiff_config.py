@@ -12,12 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.recipes import Recipe, image_model_overrides, register_recipe
+from harness.recipes.speed import SpeedKeys
 
 SAMPLERS = {"ancestral": 1.0, "ddim": 0.0}  # eval.sampler -> eta
 
 
 @dataclass(frozen=True)
-class VDiffTrain:
+class VDiffTrain(SpeedKeys):
     steps: int = 50_000
     batch_size: int = 128  # global batch, split across workers
     lr: float = 5e-4
