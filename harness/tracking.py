@@ -116,12 +116,12 @@ class Tracker:
     """All MLflow writes of one study invocation."""
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> None:
-        import mlflow
         from mlflow.tracking import MlflowClient
 
+        # Only the client API: mlflow.set_tracking_uri would export MLFLOW_TRACKING_URI to the whole process, and a
+        # second study run in the same process (library use, tests) would then write to this one's store.
         self.uri = tracking_uri
         check_server(tracking_uri)
-        mlflow.set_tracking_uri(tracking_uri)
         try:
             self.client = MlflowClient(tracking_uri)
             exp = self.client.get_experiment_by_name(experiment)

@@ -275,8 +275,6 @@ def test_ray_giving_up_mid_study_is_one_sentence_and_leaves_the_runs_resumable(t
                            "memory.")
 
     monkeypatch.setattr(tune.Tuner, "fit", fit)
-    for var in [k for k in os.environ if k.startswith("MLFLOW_")]:  # earlier in-process studies set the store's URI
-        monkeypatch.delenv(var)
     results = tmp_path / "results"
     try:
         res = CliRunner().invoke(main, ["study", str(STUDY), "--profile", "smoke", "--results-dir", str(results),
