@@ -313,6 +313,47 @@ def bench_eval(study_file, profile, sets, out: str) -> None:
     eval_benchmark(study_file, profile, parse_sets(sets), out, echo=click.echo)
 
 
+@bench.command("overhead")
+@click.option("--workers", default="1,2", show_default=True, help="Comma-separated worker counts.")
+@click.option("--trials", default=3, show_default=True, help="Null trials per study (run one after another).")
+@click.option("--seconds", default=30.0, show_default=True, help="Stand-in compute per trial.")
+@click.option("--step-ms", default=50.0, show_default=True, help="Stand-in compute per step.")
+@click.option("--out", default="results/bench/overhead.md", show_default=True, type=click.Path(dir_okay=False))
+def bench_overhead(workers: str, trials: int, seconds: float, step_ms: float, out: str) -> None:
+    """What the harness costs around a null model: trial start to first step, last step to finished, per report."""
+    from harness.bench_runs import overhead_benchmark
+
+    overhead_benchmark([int(w) for w in workers.split(",")], trials, seconds, step_ms / 1000, out, echo=click.echo)
+
+
+@bench.command("data")
+@click.option("--studies", default="studies", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of the study files the cases use.")
+@click.option("--data-root", default=None, type=click.Path(file_okay=False),
+              help="A folder with real data in torchvision layout (adds a CIFAR-10 case when it has one).")
+@click.option("--windows", default=4, show_default=True, help="Reporting windows measured after the warm-up one.")
+@click.option("--per-window", default=20, show_default=True, help="Steps (epochs for epoch-based recipes) per window.")
+@click.option("--out", default="results/bench/data.md", show_default=True, type=click.Path(dir_okay=False))
+def bench_data(studies: str, data_root: str | None, windows: int, per_window: int, out: str) -> None:
+    """Share of training-step time spent producing the batch, for each dataset kind."""
+    from harness.bench_runs import data_benchmark
+
+    data_benchmark(studies, data_root, windows, per_window, out, echo=click.echo)
+
+
+@bench.command("keys")
+@click.option("--studies", default="studies", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of the study files the cases use.")
+@click.option("--windows", default=3, show_default=True, help="Reporting windows measured after the warm-up one.")
+@click.option("--per-window", default=20, show_default=True, help="Steps per window.")
+@click.option("--out", default="results/bench/keys.md", show_default=True, type=click.Path(dir_okay=False))
+def bench_keys(studies: str, windows: int, per_window: int, out: str) -> None:
+    """Effect of the speed keys (fused optimizer, channels_last, compile) on training throughput."""
+    from harness.bench_runs import keys_benchmark
+
+    keys_benchmark(studies, windows, per_window, out, echo=click.echo)
+
+
 main.add_command(fid_weights)  # `harness fid-weights`, kept in harness/cli_fid.py
 
 if __name__ == "__main__":

@@ -31,3 +31,42 @@ def test_bench_eval_refuses_other_recipes_in_one_sentence(tmp_path):
     res = CliRunner().invoke(main, ["bench", "eval", str(REPO / "studies" / "toy_ddpm.yaml"), "--profile", "smoke",
                                     "--out", str(tmp_path / "x.md")])
     assert res.exit_code == 2 and "edm recipe" in res.output and res.output.count("\n") == 1
+
+
+def test_bench_overhead_runs_null_trials_through_the_stack_and_writes_its_report(tmp_path):
+    out = tmp_path / "overhead.md"
+    res = CliRunner().invoke(main, ["bench", "overhead", "--workers", "1", "--trials", "1", "--seconds", "1",
+                                    "--step-ms", "20", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = [line for line in res.output.splitlines() if line.startswith("|       1 |")]
+    assert len(rows) == 2  # reports at the end, and one per second
+    cells = [c.strip() for c in rows[1].strip("|").split("|")]
+    start, end = float(cells[5]), float(cells[6])
+    assert 0 < start < 120 and 0 <= end < 60
+    assert float(cells[9]) >= 0  # ms inside ctx.report
+    text = out.read_text()
+    assert "# Harness overhead benchmark" in text and "| cpu |" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["data", "keys"])
+def test_bench_data_and_keys_run_every_case(tmp_path, name):
+    out = tmp_path / f"{name}.md"
+    res = CliRunner().invoke(main, ["bench", name, "--studies", str(REPO / "studies"), "--windows", "1",
+                                    "--per-window", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert out.read_text().count("\n|") >= 4
+
+
+def test_bench_zoo_marks_targets_and_profiles_the_cells_that_miss_them(tmp_path):
+    out = tmp_path / "zoo.md"
+    res = CliRunner().invoke(main, ["bench", "zoo", "--variants", "D1S8", "--widths", "128,64", "--batches", "32",
+                                    "--steps", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    text = out.read_text()
+    row128 = next(line for line in text.splitlines() if line.startswith("| D1S8") and "|   128 |" in line)
+    row64 = next(line for line in text.splitlines() if line.startswith("| D1S8") and "|    64 |" in line)
+    assert ">= 0.50" in row128 and ("yes" in row128 or "no" in row128)
+    assert ">=" not in row64  # no target at width 64
+    if "| no " in row128:
+        assert "Where the time goes" in text and "Self CPU" in text

@@ -3,7 +3,7 @@
 Each family file registers itself on import; they are imported explicitly here (CONVENTIONS 1).
 """
 
-from zoo import block_sharing, classical, dcgan, ddpm_unet, score_net, toy_mlp, vdiff_unet  # noqa: E402,F401  (registers every name)
+from zoo import block_sharing, classical, dcgan, ddpm_unet, null, score_net, toy_mlp, vdiff_unet  # noqa: E402,F401  (registers every name)
 from zoo.registry import (
     Entry,
     Family,

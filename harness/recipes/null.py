@@ -1,0 +1,59 @@
+"""The null recipe's trial (see ``null_config``): ``work`` fixed matmuls per step, a report every ``report_every``
+steps; the last report carries the trial's own timings (wall-clock time of its first and last step, seconds
+inside ``ctx.report``), which ``harness bench overhead`` sets against the driver's MLflow run start and end."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from harness.trial import TrialContext
+
+
+def train_null(trial: dict[str, Any], ctx: TrialContext) -> None:
+    from harness.recipes import trial_model
+    from harness.recipes.null_config import WORK_SIZE, NullTrain
+
+    cfg = NullTrain(**trial["train"])
+    acc = ctx.accelerator(compile=cfg.compile)
+    torch.manual_seed(int(trial["seed"]))
+    model, model_cfg = trial_model(trial)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    state = ctx.load_checkpoint()
+    step = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        step = int(state["step"])
+    model, opt = acc.prepare(model, opt)
+    x = torch.ones(1, model_cfg.features, device=acc.device)
+    a = torch.linalg.qr(torch.randn(WORK_SIZE, WORK_SIZE))[0].to(acc.device)  # orthogonal: products stay finite
+
+    first_step, report_seconds, reports = None, 0.0, 0
+    t_loop = time.perf_counter()
+    while step < cfg.steps:
+        if first_step is None:
+            first_step = time.time()
+        b = a
+        for _ in range(cfg.work):  # stand-in compute: a step's worth of matmuls, fixed per step
+            b = a @ b
+        loss = model(x).sum() + b[0, 0] * 0
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        opt.step()
+        step += 1
+        last = step == cfg.steps
+        if step % cfg.report_every == 0 or last:
+            metrics = {"loss": float(loss)}
+            if last:
+                metrics.update({"first_step_unix": first_step, "last_step_unix": time.time(),
+                                "loop_seconds": time.perf_counter() - t_loop, "report_seconds": report_seconds,
+                                "reports": reports + 1, "steps_run": step})
+            ckpt = None
+            if last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                ckpt = {"model": acc.unwrap_model(model).state_dict(), "step": step} if ctx.is_main else None
+            t = time.perf_counter()
+            ctx.report(step, metrics, done=last, checkpoint=ckpt)
+            report_seconds += time.perf_counter() - t
+            reports += 1
