@@ -44,14 +44,22 @@ def calibrate_work(step_seconds: float, threads: int = 1) -> int:
     return max(1, round(step_seconds / best))
 
 
-def null_study(name: str, workers: int, trials: int, steps: int, work: int, report_every: int) -> dict[str, Any]:
-    """A study of ``trials`` null trials run one after another, each ``workers`` workers of one CPU."""
+def null_study(name: str, workers: int, trials: int, steps: int, work: int, report_every: int,
+               phase_steps: int = 0) -> dict[str, Any]:
+    """A study of ``trials`` null trials run one after another with ``workers`` workers on this machine's CPUs (one
+    each; a little less when the Train driver needs its share)."""
+    import os
+
+    from harness.runner import TRAIN_DRIVER_CPU
+
+    cores = os.cpu_count() or 1
+    cpus = 1.0 if workers == 1 else min(1.0, round((cores - TRAIN_DRIVER_CPU) / workers - 0.005, 3))
     return {
         "name": name, "recipe": "null", "datasets": ["synthetic"], "variants": ["null"],
         "seeds": list(range(trials)),
-        "train": {"steps": steps, "work": work, "report_every": report_every},
+        "train": {"steps": steps, "work": work, "report_every": report_every, "phase_steps": phase_steps},
         "eval": {"metrics": []},
-        "resources": {"workers": workers, "cpus_per_worker": 1, "max_concurrent_trials": 1},
+        "resources": {"workers": workers, "cpus_per_worker": cpus, "max_concurrent_trials": 1},
         "table": {"kind": "settings", "metric": "loss"},
     }
 
@@ -79,74 +87,78 @@ def run_temp_study(study: dict[str, Any], tmp: Path, echo: Echo | None = None) -
 
 
 def overhead_benchmark(workers: list[int], trials: int, seconds: float, step_seconds: float, out: str | Path,
-                       echo: Echo = print) -> list[dict[str, Any]]:
-    """For each worker count, a study of null trials twice: with one report at the end, and with one report per
-    second. Per trial: driver start (MLflow run start) to first step, last step to driver finish (run end), the
-    step loop's time, and the time spent inside ``ctx.report``."""
+                       echo: Echo = print, phase_seconds: float = 5.0) -> list[dict[str, Any]]:
+    """For each worker count, a study of null trials whose steps alternate between phases of ``phase_seconds``
+    with one report per second and phases without reports. Per trial: driver start (MLflow run start) to first
+    step, last step to driver finish (run end), the step time in each kind of phase, and the time spent inside
+    ``ctx.report``."""
     work = calibrate_work(step_seconds)
-    steps = max(2, round(seconds / step_seconds))
+    steps = max(4, round(seconds / step_seconds))
     per_second = max(1, round(1 / step_seconds))
+    phase = max(1, min(steps // 2, round(phase_seconds / step_seconds)))
     echo(f"null trials: {steps} steps of {work} 256x256 matmuls (~{step_seconds * 1000:.0f} ms each on one thread), "
-         f"{trials} trials per study, one after another")
+         f"phases of {phase} steps alternating one report per second and none; {trials} trials per study")
     rows = []
     for w in workers:
-        loops: dict[str, float] = {}
-        for mode, every in (("at the end", steps), ("1 per second", per_second)):
-            with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
-                study = null_study(f"bench_overhead_w{w}", w, trials, steps, work, every)
-                runs, wall = run_temp_study(study, Path(tmp))
-            starts, ends, loop_step, report_ms = [], [], [], []
-            for r in runs:
-                m = r.data.metrics
-                starts.append(m["first_step_unix"] - r.info.start_time / 1000)
-                ends.append(r.info.end_time / 1000 - m["last_step_unix"])
-                loop_step.append(m["loop_seconds"] / m["steps_run"])
-                report_ms.append(1000 * m["report_seconds"] / max(1, m["reports"]))
-            loops[mode] = statistics.median(loop_step)
-            trial_s = statistics.median(s + e + ls * steps for s, e, ls in zip(starts, ends, loop_step))
-            fixed = statistics.median(starts) + statistics.median(ends)
-            row = {
-                "workers": w, "reports": mode, "trials": len(runs), "study_wall_s": wall,
-                "trial_s": trial_s,
-                "start_to_first_step_s": statistics.median(starts),
-                "last_step_to_finished_s": statistics.median(ends),
-                "fixed_of_2min": fixed / TWO_MINUTES,
-                "step_ms": 1000 * loops[mode],
-                "ms_per_report": statistics.median(report_ms),
-            }
-            rows.append(row)
-            echo(f"{w} worker(s), reports {mode}: start -> first step {row['start_to_first_step_s']:.1f} s, "
-                 f"last step -> finished {row['last_step_to_finished_s']:.1f} s ({row['fixed_of_2min']:.1%} of a "
-                 f"2-minute trial), step {row['step_ms']:.1f} ms, {row['ms_per_report']:.1f} ms inside each report")
-        # per-report cost at one report per second: the step loop's slowdown against the run with one report
-        slowdown = loops["1 per second"] / loops["at the end"] - 1
-        rows[-1]["report_cost_of_step"] = slowdown
-        rows[-1]["blocking_cost_of_step"] = rows[-1]["ms_per_report"] / 1000  # ms per 1000 ms of steps
-        echo(f"{w} worker(s): one report per second costs {slowdown:+.2%} of step time (loop slowdown), "
-             f"{rows[-1]['blocking_cost_of_step']:.2%} blocked inside ctx.report")
-    cols = ["workers", "reports", "trials", "study_wall_s", "trial_s", "start_to_first_step_s",
-            "last_step_to_finished_s", "fixed_of_2min", "step_ms", "ms_per_report", "report_cost_of_step",
-            "blocking_cost_of_step"]
+        with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
+            study = null_study(f"bench_overhead_w{w}", w, trials, steps, work, per_second, phase)
+            runs, wall = run_temp_study(study, Path(tmp))
+        starts, ends, quiet, loud, blocked = [], [], [], [], []
+        to_process, to_recipe, to_step = [], [], []  # where the start goes
+        for r in runs:
+            m = r.data.metrics
+            starts.append(m["first_step_unix"] - r.info.start_time / 1000)
+            to_process.append(m["process_start_unix"] - r.info.start_time / 1000)
+            to_recipe.append(m["recipe_start_unix"] - m["process_start_unix"])
+            to_step.append(m["first_step_unix"] - m["recipe_start_unix"])
+            ends.append(r.info.end_time / 1000 - m["last_step_unix"])
+            quiet.append(m["quiet_step_seconds"])
+            loud.append(m["reporting_step_seconds"])
+            blocked.append(1000 * m["report_seconds"] / max(1, m["reports"] - 1))
+        med = statistics.median
+        cost = [lo / q - 1 for lo, q in zip(loud, quiet)]
+        row = {
+            "workers": w, "trials": len(runs), "study_wall_s": wall,
+            "start_to_first_step_s": med(starts),
+            "start_split_s": f"{med(to_process):.1f} + {med(to_recipe):.1f} + {med(to_step):.1f}",
+            "last_step_to_finished_s": med(ends),
+            "fixed_of_2min": (med(starts) + med(ends)) / TWO_MINUTES,
+            "quiet_step_ms": 1000 * med(quiet), "reporting_step_ms": 1000 * med(loud),
+            "report_cost_of_step": med(cost), "cost_range": f"{min(cost):+.2%} .. {max(cost):+.2%}",
+            "ms_blocked_per_report": med(blocked),
+        }
+        rows.append(row)
+        echo(f"{w} worker(s): start -> first step {row['start_to_first_step_s']:.1f} s, last step -> finished "
+             f"{row['last_step_to_finished_s']:.1f} s ({row['fixed_of_2min']:.1%} of a 2-minute trial); one report "
+             f"per second costs {row['report_cost_of_step']:+.2%} of step time (trials {row['cost_range']}), "
+             f"{row['ms_blocked_per_report']:.2f} ms blocked in each ctx.report")
+    cols = ["workers", "trials", "study_wall_s", "start_to_first_step_s", "start_split_s", "last_step_to_finished_s",
+            "fixed_of_2min",
+            "quiet_step_ms", "reporting_step_ms", "report_cost_of_step", "cost_range", "ms_blocked_per_report"]
     for r in rows:
         for k in cols:
             if isinstance(r.get(k), float):
-                r[k] = round(r[k], 4 if k in ("fixed_of_2min", "report_cost_of_step", "blocking_cost_of_step") else 2)
+                r[k] = round(r[k], 4 if k in ("fixed_of_2min", "report_cost_of_step") else 2)
     table = format_table(rows, cols, markdown=True)
     echo("")
     echo(table)
     _write_report(out, "Harness overhead benchmark", [
         "Produced by `harness bench overhead`: studies of null trials (the zoo's `null` model, one parameter, plus a",
-        f"fixed {work} 256x256 fp32 matmuls per step as stand-in compute) run by `harness study`'s own code path: Ray",
-        "Tune (one worker: the recipe in the Tune trial process; several: a Ray Train TorchTrainer with gloo),",
-        "Accelerate, MLflow (SQLite). Medians over the trials of each study; times from the MLflow runs (driver side:",
-        "run start = Tune starts the trial, run end = Tune reports it complete) and the trial's own clock.", "",
-        "- `start_to_first_step_s`, `last_step_to_finished_s`: the fixed cost of a trial; `fixed_of_2min` is their sum",
-        "  as a share of a 2-minute trial (target <= 3%).",
-        "- `report_cost_of_step` (second row of each worker count): how much slower the step loop ran with one report",
-        "  per second than with one report at the end (target <= 1%); `blocking_cost_of_step`: the time the",
-        "  training process spent inside `ctx.report` per second of steps.",
-        "- `study_wall_s` includes Ray's start, the data check, and the tables written at the end."], table,
-        {"stand-in step": f"{work} matmuls 256^3, ~{step_seconds * 1000:.0f} ms"}, echo=echo)
+        f"fixed {work} 256x256 fp32 matmuls per step as stand-in compute, {steps} steps) run by `harness study`'s own",
+        "code path: Ray Tune (one worker: the recipe in the Tune trial process; several: a Ray Train TorchTrainer",
+        "with gloo), Accelerate, MLflow (SQLite). Medians over the trials of each study; times from the MLflow runs",
+        "(driver side: run start = Tune starts the trial, run end = Tune reports it complete) and the trial's clock.",
+        "",
+        "- `start_split_s`: the start as Tune's trial start -> the (rank-0) process that runs the recipe exists ->",
+        "  the recipe is entered (imports, Ray Train's worker setup, process group) -> its first step (Accelerate,",
+        "  model, checkpoint lookup).",
+        "- `start_to_first_step_s`, `last_step_to_finished_s`: a trial's fixed cost; `fixed_of_2min` is their sum",
+        "  as a share of a 2-minute trial (target <= 3%). `study_wall_s` also holds Ray's start, the data check and",
+        "  the tables written at the end, once per study.",
+        f"- Each trial alternates phases of {phase} steps with one report per second and without reports;",
+        "  `report_cost_of_step` is how much longer a step took in the reporting phases (target <= 1%), with its",
+        "  range over the trials; `ms_blocked_per_report` is the training thread's time inside `ctx.report`."],
+        table, {"stand-in step": f"{work} matmuls 256^3, ~{step_seconds * 1000:.0f} ms"}, echo=echo)
     return rows
 
 

@@ -35,15 +35,17 @@ def test_bench_eval_refuses_other_recipes_in_one_sentence(tmp_path):
 
 def test_bench_overhead_runs_null_trials_through_the_stack_and_writes_its_report(tmp_path):
     out = tmp_path / "overhead.md"
-    res = CliRunner().invoke(main, ["bench", "overhead", "--workers", "1", "--trials", "1", "--seconds", "1",
+    res = CliRunner().invoke(main, ["bench", "overhead", "--workers", "1", "--trials", "1", "--seconds", "2",
                                     "--step-ms", "20", "--out", str(out)])
     assert res.exit_code == 0, res.output
     rows = [line for line in res.output.splitlines() if line.startswith("|       1 |")]
-    assert len(rows) == 2  # reports at the end, and one per second
-    cells = [c.strip() for c in rows[1].strip("|").split("|")]
-    start, end = float(cells[5]), float(cells[6])
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    start, end = float(cells[3]), float(cells[5])
     assert 0 < start < 120 and 0 <= end < 60
-    assert float(cells[9]) >= 0  # ms inside ctx.report
+    assert sum(float(x) for x in cells[4].split("+")) == pytest.approx(start, abs=0.3)  # the start's parts
+    assert float(cells[7]) > 0 and float(cells[8]) > 0  # step time in quiet and in reporting phases
+    assert float(cells[11]) >= 0  # ms inside ctx.report
     text = out.read_text()
     assert "# Harness overhead benchmark" in text and "| cpu |" in text
 

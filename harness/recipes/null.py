@@ -16,6 +16,7 @@ def train_null(trial: dict[str, Any], ctx: TrialContext) -> None:
     from harness.recipes import trial_model
     from harness.recipes.null_config import WORK_SIZE, NullTrain
 
+    entered = time.time()
     cfg = NullTrain(**trial["train"])
     acc = ctx.accelerator(compile=cfg.compile)
     torch.manual_seed(int(trial["seed"]))
@@ -31,10 +32,14 @@ def train_null(trial: dict[str, Any], ctx: TrialContext) -> None:
     a = torch.linalg.qr(torch.randn(WORK_SIZE, WORK_SIZE))[0].to(acc.device)  # orthogonal: products stay finite
 
     first_step, report_seconds, reports = None, 0.0, 0
+    phase_time = {True: 0.0, False: 0.0}  # reporting phase? -> seconds of its steps (reports included)
+    phase_count = {True: 0, False: 0}
     t_loop = time.perf_counter()
     while step < cfg.steps:
         if first_step is None:
             first_step = time.time()
+        t_step = time.perf_counter()
+        reporting = not cfg.phase_steps or (step // cfg.phase_steps) % 2 == 0
         b = a
         for _ in range(cfg.work):  # stand-in compute: a step's worth of matmuls, fixed per step
             b = a @ b
@@ -44,12 +49,18 @@ def train_null(trial: dict[str, Any], ctx: TrialContext) -> None:
         opt.step()
         step += 1
         last = step == cfg.steps
-        if step % cfg.report_every == 0 or last:
-            metrics = {"loss": float(loss)}
+        if (reporting and step % cfg.report_every == 0) or last:
+            metrics = {"loss": float(loss.detach())}
             if last:
-                metrics.update({"first_step_unix": first_step, "last_step_unix": time.time(),
+                import psutil
+
+                metrics.update({"process_start_unix": psutil.Process().create_time(), "recipe_start_unix": entered,
+                                "first_step_unix": first_step, "last_step_unix": time.time(),
                                 "loop_seconds": time.perf_counter() - t_loop, "report_seconds": report_seconds,
                                 "reports": reports + 1, "steps_run": step})
+                for phase, name in ((True, "reporting"), (False, "quiet")):
+                    if phase_count[phase]:
+                        metrics[f"{name}_step_seconds"] = phase_time[phase] / phase_count[phase]
             ckpt = None
             if last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                 ckpt = {"model": acc.unwrap_model(model).state_dict(), "step": step} if ctx.is_main else None
@@ -57,3 +68,6 @@ def train_null(trial: dict[str, Any], ctx: TrialContext) -> None:
             ctx.report(step, metrics, done=last, checkpoint=ckpt)
             report_seconds += time.perf_counter() - t
             reports += 1
+        if not last:
+            phase_time[reporting] += time.perf_counter() - t_step
+            phase_count[reporting] += 1

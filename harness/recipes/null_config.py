@@ -18,13 +18,16 @@ class NullTrain(SpeedKeys):
     steps: int = 100
     work: int = 0  # 256x256 fp32 matmuls per step, standing in for a real step's compute (0: none)
     report_every: int = 10  # steps between reports
+    # > 0: phases of this many steps alternate between reporting (every report_every steps) and quiet (no report),
+    # so one trial measures its step time with and without reports, side by side in the same process
+    phase_steps: int = 0
     checkpoint_every: int = 0  # steps between checkpoints (0: only with the last report)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.report_every < 1:
             raise ValueError("steps and report_every must be >= 1")
-        if self.work < 0 or self.checkpoint_every < 0:
-            raise ValueError("work and checkpoint_every must be >= 0")
+        if self.work < 0 or self.checkpoint_every < 0 or self.phase_steps < 0:
+            raise ValueError("work, phase_steps and checkpoint_every must be >= 0")
 
 
 def _model_overrides(model: dict, dataset: str, data: dict, train: dict | None = None) -> dict[str, Any]:
