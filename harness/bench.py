@@ -71,6 +71,7 @@ def matmul_gflops(n: int = 2048, repeats: int = 8, threads: int | None = None) -
 
 # Issue targets for the block-sharing training step at batch 32: fraction of the measured matmul throughput by width
 TRAIN_TARGETS = {512: 0.75, 128: 0.50}
+EVAL_TARGET = 1.9  # issue 9: the second evaluation (reference features cached) >= 1.9x faster than the first
 TARGET_BATCH = 32
 REPEATS = 3  # timed runs of ``steps`` steps per cell; the fastest counts (as for the matmul ceiling)
 
@@ -275,6 +276,7 @@ def eval_benchmark(path: str | Path, profile: str | None, sets: dict[str, Any] |
     first["reference_features_s"] = max(0.0, first["metric_s"] - second["metric_s"])
     second["reference_features_s"] = 0.0
     speedup = first["eval_s"] / max(second["eval_s"], 1e-9)
+    metric_speedup = first["metric_s"] / max(second["metric_s"], 1e-9)  # the part the reference cache can change
     cols = ["run", "eval_s", "sample_s", "sample_features_s", "reference_features_s", "other_s"]
     for r in rows:
         for k in cols[1:]:
@@ -285,11 +287,22 @@ def eval_benchmark(path: str | Path, profile: str | None, sets: dict[str, Any] |
             f"{ev['extractor']}")
     echo(what)
     echo(table)
-    echo(f"second evaluation {speedup:.2f}x faster than the first (reference features cached)")
+    echo(f"second evaluation {speedup:.2f}x faster than the first (reference features cached); its distance "
+         f"computation (features and statistics) {metric_speedup:.2f}x")
+    shares = ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {second[k] / second['eval_s']:.0%}"
+                       for k in ("sample_s", "sample_features_s", "other_s"))
+    if speedup < EVAL_TARGET:
+        echo(f"below the {EVAL_TARGET}x target: the second evaluation's time goes to {shares}; only reference "
+             "features can be cached, and they cost about as much as the samples' features")
     _write_report(out, "Evaluation benchmark", [
         "Produced by `harness bench eval`: one study trial's evaluation run twice in a fresh cache, as a study's",
         "first and second evaluation run it. The model is at random initialisation (times only; no distance is",
         "reported). sample_features_s is the second run's metric time; reference_features_s is what the first run",
         "spent beyond it (the reference features, cached by torch-fidelity under a content-hash name).", "",
-        f"{what}.", "", f"**Second evaluation: {speedup:.2f}x faster than the first.**"], table, echo=echo)
+        f"{what}.", "",
+        f"**Second evaluation: {speedup:.2f}x faster than the first** (target {EVAL_TARGET}x); its distance",
+        f"computation (features of samples and reference, FID/KID statistics): {metric_speedup:.2f}x. The second",
+        f"evaluation's time: {shares}. Caching can only remove the reference features, which cost as much as the",
+        "samples' (as many images), so the whole evaluation speeds up by less than 2x whenever sampling takes",
+        "time."], table, echo=echo)
     return rows

@@ -411,9 +411,12 @@ def image_distance(
     isc: bool = False,
     seed: int = 0,
     device: str = "cpu",
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
     """FID/KID (Inception) or classifier-feature distances between generated samples and a reference set.
+
+    ``batch_size`` of the feature extraction: by default 64 on CUDA and 32 on CPU, where Inception at 299x299 runs
+    10% faster than at 64 (its activations stay in cache; `harness bench eval`).
 
     ``samples`` (N, 1 or 3, H, W) and ``reference`` (M, 1 or 3, H', W') are uint8. ``reference_key`` (a content hash
     or unique name of the reference set), the extractor's weight digest, a digest of ``reference`` and M name
@@ -467,7 +470,7 @@ def image_distance(
         isc=isc,
         isc_splits=min(10, n),
         cuda=cuda,
-        batch_size=batch_size,
+        batch_size=batch_size or (64 if cuda else 32),
         rng_seed=seed,
         save_cpu_ram=True,  # num_workers=0: the images are in memory, worker processes only add start-up time
         verbose=False,

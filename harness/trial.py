@@ -85,10 +85,22 @@ class TrialContext:
             from accelerate import Accelerator
 
             cpu = not torch.cuda.is_available()
-            self._accelerator = Accelerator(
-                cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
-                dynamo_backend="inductor" if compile else "no",
-            )
+            kwargs: dict[str, Any] = {}
+            if compile:
+                from accelerate.utils import TorchDynamoPlugin
+
+                # static shapes: a training batch keeps its shape, and inductor's dynamic-shape path failed on the
+                # v-diffusion U-Net (torch 2.14, "cannot determine truth value of Relational")
+                kwargs["dynamo_plugin"] = TorchDynamoPlugin(backend="inductor", dynamic=False)
+
+            class _Accelerator(Accelerator):
+                def unwrap_model(self, model, keep_fp32_wrapper: bool = True, keep_torch_compile: bool = False):
+                    """The plain module, compiled or not (Accelerate keeps the compiled wrapper by default):
+                    checkpoints, EMA updates and evaluation see the same parameter names with ``compile``."""
+                    return super().unwrap_model(model, keep_fp32_wrapper, keep_torch_compile)
+
+            self._accelerator = _Accelerator(
+                cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, **kwargs)
         return self._accelerator
 
     @contextlib.contextmanager

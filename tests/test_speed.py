@@ -133,6 +133,22 @@ def test_compile_key_reaches_accelerate(tmp_path):
         AcceleratorState._reset_state(reset_partial_state=True)
 
 
+def test_a_compiled_model_unwraps_to_the_plain_module_for_checkpoints_and_ema(tmp_path):
+    from accelerate.state import AcceleratorState
+
+    paths = {"run_dir": str(tmp_path), "cache_dir": str(tmp_path), "data_root": str(tmp_path)}
+    try:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        acc = TrialContext({}, paths, lambda p: None).accelerator(compile=True)
+        model = torch.nn.Linear(3, 2)
+        prepared = acc.prepare(model)
+        assert prepared is not model  # compiled (lazily: nothing runs here)
+        assert acc.unwrap_model(prepared) is model
+        assert list(acc.unwrap_model(prepared).state_dict()) == ["weight", "bias"]
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
 # ----------------------------------------------------------------------------------------------- reports, data wait
 def test_background_reports_keep_order_and_the_final_report_waits_for_all():
     sent, gate = [], threading.Event()
