@@ -69,6 +69,7 @@ def null_study(name: str, workers: int, trials: int, steps: int, work: int, repo
 def run_temp_study(study: dict[str, Any], tmp: Path, echo: Echo | None = None) -> tuple[list[Any], float]:
     """Run ``study`` (a dict) with its own results dir and SQLite store under ``tmp``; returns its finished MLflow
     trial runs and the wall time of ``run_study``."""
+    import ray
     import yaml
 
     from harness.errors import UserError
@@ -78,8 +79,13 @@ def run_temp_study(study: dict[str, Any], tmp: Path, echo: Echo | None = None) -
     path = tmp / f"{study['name']}.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    started_ray = not ray.is_initialized()
     t = time.time()
-    plan = run_study(path, tracking_uri=uri, results_dir=tmp / "results", echo=echo or (lambda _s: None))
+    try:
+        plan = run_study(path, tracking_uri=uri, results_dir=tmp / "results", echo=echo or (lambda _s: None))
+    finally:
+        if started_ray:  # the local Ray this study started goes with it (each study pays Ray's start, as in use)
+            ray.shutdown()
     wall = time.time() - t
     failed = [h for h, st in plan.state.items() if st != "done"]
     if failed:

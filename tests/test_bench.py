@@ -38,6 +38,9 @@ def test_bench_overhead_runs_null_trials_through_the_stack_and_writes_its_report
     res = CliRunner().invoke(main, ["bench", "overhead", "--workers", "1", "--trials", "1", "--seconds", "2",
                                     "--step-ms", "20", "--out", str(out)])
     assert res.exit_code == 0, res.output
+    import ray
+
+    assert not ray.is_initialized()  # the local Ray it started is shut down: later in-process studies start their own
     rows = [line for line in res.output.splitlines() if line.startswith("|       1 |")]
     assert len(rows) == 1
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
