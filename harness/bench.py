@@ -76,6 +76,11 @@ TARGET_BATCH = 32
 REPEATS = 3  # timed runs of ``steps`` steps per cell; the fastest counts (as for the matmul ceiling)
 
 
+def train_target(width: int, batch: int) -> float | None:
+    """The issue's target fraction of the matmul ceiling for a training-step cell, or None (no target)."""
+    return TRAIN_TARGETS.get(width) if batch == TARGET_BATCH else None
+
+
 def _best_of(fn: Callable[[], None], steps: int) -> float:
     """Seconds per call: the fastest of REPEATS runs of ``steps`` calls (other processes only ever slow a run)."""
     best = float("inf")
@@ -132,7 +137,7 @@ def _measure(variant: str, width: int, batch: int, steps: int, threads: int | No
     train_s = _best_of(train_step, steps)
     fwd_flops = zoo.flops(variant, width=width)
     summary = ""
-    target = TRAIN_TARGETS.get(width) if batch == TARGET_BATCH else None
+    target = train_target(width, batch)
     if ceiling and target and 3 * fwd_flops * batch / train_s / 1e9 / ceiling < target:
         summary = profile_summary(train_step)
 
@@ -181,7 +186,7 @@ def zoo_benchmark(
                     row = pool.submit(_measure, v, w, b, steps, threads, ceiling).result()
                 row["train_frac"] = row["train_gflops"] / ceiling
                 row["fwd_frac"] = row["fwd_gflops"] / ceiling
-                target = TRAIN_TARGETS.get(w) if b == TARGET_BATCH else None
+                target = train_target(w, b)
                 row["target"] = f">= {target:.2f}" if target else ""
                 row["met"] = ("yes" if row["train_frac"] >= target else "no") if target else ""
                 if row["profile"]:
@@ -220,6 +225,18 @@ def zoo_benchmark(
     return rows
 
 
+def inprocess_context(payload: dict[str, Any], tmp: str | Path, data_root: str | Path,
+                      report_fn: Callable[[dict[str, Any]], None], cpus: float) -> Any:
+    """A trial's context for running its recipe in this process (benchmarks): run and cache directories under
+    ``tmp`` (a fresh cache), torch threads from ``cpus``."""
+    from harness.trial import TrialContext
+
+    paths = {"run_dir": f"{tmp}/run", "cache_dir": f"{tmp}/cache", "data_root": str(data_root)}
+    ctx = TrialContext(payload, paths, report_fn, cpus=cpus)
+    ctx.set_threads()
+    return ctx
+
+
 def _write_report(out: str | Path, title: str, intro: list[str], table: str, extra: dict[str, str] | None = None,
                   echo: Callable[[str], None] = print) -> Path:
     """results/bench/<name>.md: the title, what was measured, the machine and versions, the table."""
@@ -247,7 +264,6 @@ def eval_benchmark(path: str | Path, profile: str | None, sets: dict[str, Any] |
     from harness.recipes import trial_model
     from harness.recipes.edm import _load_data, evaluate
     from harness.spec import expand_trials, load_study
-    from harness.trial import TrialContext
 
     loaded = load_study(path, profile, sets)
     if loaded.study.recipe != "edm":
@@ -257,9 +273,7 @@ def eval_benchmark(path: str | Path, profile: str | None, sets: dict[str, Any] |
     ev = payload["eval"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        paths = {"run_dir": f"{tmp}/run", "cache_dir": f"{tmp}/cache", "data_root": str(loaded.data_root())}
-        ctx = TrialContext(payload, paths, lambda _p: None, cpus=os.cpu_count() or 1)
-        ctx.set_threads()
+        ctx = inprocess_context(payload, tmp, loaded.data_root(), lambda _p: None, os.cpu_count() or 1)
         train = _load_data(payload, ctx, "train")
         torch.manual_seed(0)
         model, _cfg = trial_model(payload)

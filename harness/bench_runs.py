@@ -12,8 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness.bench import _write_report
+from harness.bench import _write_report, inprocess_context
 from harness.console import format_table
+from harness.errors import one_line
 
 Echo = Callable[[str], None]
 TWO_MINUTES = 120.0
@@ -184,14 +185,15 @@ class _Enough(Exception):
 
 
 def training_windows(path: str | Path, profile: str | None, sets: dict[str, Any], windows: int, per_window: int,
-                     tmp: Path, data_root: str | Path | None = None) -> tuple[Any, list[dict[str, Any]]]:
+                     tmp: Path) -> tuple[Any, list[dict[str, Any]]]:
     """Run a study's first trial in this process (the recipe's own training loop, no Ray) until it has reported
     ``windows`` + 1 times, ``per_window`` steps (or epochs) apart; returns the trial and the metrics of every report
     after the first (the first window holds the warm-up, and compilation with ``compile``). Evaluation never runs:
     ``eval.every`` and the step/epoch budget lie beyond the last window."""
+    from accelerate.state import AcceleratorState
+
     from harness.recipes import get_recipe
     from harness.spec import expand_trials, load_study
-    from harness.trial import TrialContext
 
     horizon = per_window * (windows + 3)
     loaded = load_study(path, profile, sets)
@@ -211,24 +213,15 @@ def training_windows(path: str | Path, profile: str | None, sets: dict[str, Any]
         if len(reports) > windows:
             raise _Enough
 
-    from accelerate.state import AcceleratorState
-
     # Accelerate's state is per process (a trial process has one trial); each benchmark run starts from none, so
     # one run's compile or mixed-precision setting does not carry into the next
     AcceleratorState._reset_state(reset_partial_state=True)
-    root = str(Path(data_root)) if data_root else str(loaded.data_root())
-    paths = {"run_dir": str(tmp / "run"), "cache_dir": str(tmp / "cache"), "data_root": root}
-    ctx = TrialContext(payload, paths, collect, cpus=trial_cpus(loaded))
-    ctx.set_threads()
+    ctx = inprocess_context(payload, tmp, loaded.data_root(), collect, loaded.study.resources.cpus_per_worker)
     try:
         get_recipe(payload["recipe"]).load_trial_fn()(payload, ctx)
     except _Enough:
         pass
     return trial, reports[1:]
-
-
-def trial_cpus(loaded: Any) -> float:
-    return float(loaded.study.resources.cpus_per_worker)
 
 
 def _throughput(m: dict[str, Any]) -> tuple[str, float]:
@@ -358,7 +351,7 @@ def keys_benchmark(studies: str | Path, windows: int, per_window: int, out: str 
                         _trial, reports = training_windows(study, profile, {**sets, **extra}, windows, per_window,
                                                            Path(run_tmp))
                     except Exception as e:  # noqa: BLE001 - a setting that fails is a result too (e.g. compile)
-                        first = " ".join(str(e).split())[:160] or type(e).__name__
+                        first = one_line(e, 160)
                         rows.append({"model": model, "setting": label, "throughput": "failed", "unit": first,
                                      "vs_default": "", "run_s": round(time.perf_counter() - t, 1)})
                         echo(f"{model:36s} {label:28s} failed: {first}")

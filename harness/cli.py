@@ -330,7 +330,7 @@ def bench_overhead(workers: str, trials: int, seconds: float, step_ms: float, ou
 @click.option("--studies", default="studies", show_default=True, type=click.Path(file_okay=False),
               help="Folder of the study files the cases use.")
 @click.option("--data-root", default=None, type=click.Path(file_okay=False),
-              help="A folder with real data in torchvision layout (adds a CIFAR-10 case when it has one).")
+              help="A folder of real data: adds a CIFAR-10 case when it holds cifar10.npz or cifar-10-batches-py.")
 @click.option("--windows", default=4, show_default=True, help="Reporting windows measured after the warm-up one.")
 @click.option("--per-window", default=20, show_default=True, help="Steps (epochs for epoch-based recipes) per window.")
 @click.option("--out", default="results/bench/data.md", show_default=True, type=click.Path(dir_okay=False))

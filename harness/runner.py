@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from harness.console import format_table
-from harness.errors import UserError
+from harness.errors import UserError, one_line
 from harness.spec import LoadedStudy, Trial, expand_trials, load_study
 from harness.tracking import (
     KIND_TRIAL,
@@ -256,8 +256,7 @@ def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, add
     except Exception as e:  # noqa: BLE001 - Ray itself gave up (e.g. its memory monitor killed trial processes)
         callback.close_all("KILLED")  # resumable: the rerun continues each trial from its checkpoint
         tracker.finish(parent, "KILLED")
-        first = " ".join(str(e).split())[:300] or type(e).__name__
-        raise UserError(f"Ray stopped the study ({first}); rerun the same command to resume") from None
+        raise UserError(f"Ray stopped the study ({one_line(e)}); rerun the same command to resume") from None
     finally:
         signal.signal(signal.SIGTERM, old)
     callback.close_all("FAILED")  # anything Tune did not report as complete

@@ -54,7 +54,6 @@ class SystemSampler:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._interval = interval_s
-        self._last_sample = 0.0
         self._sample()  # psutil.cpu_percent's first call only sets its reference point
         for m in self._monitors:
             m.clear_metrics()

@@ -275,13 +275,11 @@ def _where() -> dict[str, str]:
             "harness.pid": str(os.getpid())}
 
 
-def _run_recipe(config: dict[str, Any], report_fn, rank: int, world_size: int, background: bool = False) -> None:
-    """Run the trial's recipe in this process; ``background``: send reports through :class:`BackgroundReports`."""
+def _run_recipe(config: dict[str, Any], send, rank: int, world_size: int) -> None:
+    """Run the trial's recipe in this process, its reports sent through :class:`BackgroundReports` by ``send``."""
     from harness.recipes import get_recipe
 
-    reports = BackgroundReports(report_fn) if background else None
-    if reports is not None:
-        report_fn = reports
+    report_fn = reports = BackgroundReports(send)
 
     trial = config["trial"]
     where = _where()
@@ -319,8 +317,7 @@ def _run_recipe(config: dict[str, Any], report_fn, rank: int, world_size: int, b
             failure.write_text(str(e) if isinstance(e, TrialFailed) else f"{type(e).__name__}: {e}")
         raise
     finally:
-        if reports is not None:  # what the trial reported before failing still reaches the driver
-            reports.close()
+        reports.close()  # what the trial reported before failing still reaches the driver
         if sampler is not None:
             sampler.close()
 
@@ -330,7 +327,7 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train
 
     tc = ray.train.get_context()
-    _run_recipe(config, lambda m: ray.train.report(m), tc.get_world_rank(), tc.get_world_size(), background=True)
+    _run_recipe(config, lambda m: ray.train.report(m), tc.get_world_rank(), tc.get_world_size())
 
 
 def claim_for_data(directory: Path, data_hash: str) -> None:
@@ -386,4 +383,4 @@ def tune_trial(config: dict[str, Any]) -> None:
         )
         trainer.fit()
     else:
-        _run_recipe(config, tune.report, 0, 1, background=True)
+        _run_recipe(config, tune.report, 0, 1)

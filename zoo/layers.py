@@ -11,6 +11,8 @@ when ``p`` is 0 or 1 or the module is in eval mode, it is ``torch.nn.functional.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,9 +25,7 @@ def dropout_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.de
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, float]:
     """(keep mask (bool, ``shape``), scale): each element kept with probability 1 - round(p * 2**15) / 2**15, the
     scale 1 / that probability. One 64-bit draw per four elements."""
-    n = 1
-    for s in shape:
-        n *= int(s)
+    n = math.prod(int(s) for s in shape)
     threshold = round(p * 2**_LANE_BITS)
     words = torch.empty(-(-n // _LANES), dtype=torch.int64, device=device).random_(generator=generator)
     lanes = words.view(torch.int16)[:n].view(shape)  # little- or big-endian alike: every lane is masked below

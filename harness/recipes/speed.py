@@ -29,6 +29,8 @@ class SpeedKeys:
 
 def speed_keys(train: dict[str, Any] | Any) -> SpeedKeys:
     """The speed keys of a train section (a dict or a recipe's train config); absent keys are unset."""
+    if isinstance(train, SpeedKeys):  # every recipe's train config is one
+        return train
     get = train.get if isinstance(train, dict) else lambda k, d=None: getattr(train, k, d)
     return SpeedKeys(compile=get("compile"), channels_last=get("channels_last"),
                      fused_optimizer=get("fused_optimizer"))
