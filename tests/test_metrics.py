@@ -155,8 +155,9 @@ def test_reference_cache_reused(classifier: Path, tmp_path: Path, monkeypatch: p
 
     first = M.image_distance(samples, ref, "refkey", **kw)
     assert sum(processed) == 60 + 120
-    cached = sorted(tmp_path.glob(f"{first['reference_cache']}-*.pt"))
-    assert len(cached) == 2 and all("refkey" in p.name for p in cached)  # features + FID statistics
+    cached = sorted(tmp_path.glob(f"{first['reference_cache']}*.npz"))
+    assert len(cached) == 1 and "refkey" in cached[0].name  # features + FID statistics, one plain .npz
+    assert not list(tmp_path.glob("*.pt"))  # torch-fidelity's own (pickled) cache is not used
     mtimes = [p.stat().st_mtime_ns for p in cached]
 
     processed.clear()
@@ -201,7 +202,7 @@ def test_random_inception_end_to_end(random_inception: Path, tmp_path: Path, off
     assert far["fid"] > near["fid"] > 0 and far["kid"] > near["kid"]
     assert far["n_samples"] == far["n_reference"] == far["kid_subset_size"] == 12
     assert far["extractor"] == "inception-v3-compat" and str(random_inception) in far["weights"]
-    assert len(list(tmp_path.glob(f"{far['reference_cache']}-inception-v3-compat-*.pt"))) == 2
+    assert (tmp_path / f"{far['reference_cache']}.npz").is_file() and not list(tmp_path.glob("*.pt"))
 
 
 def test_inception_weights_missing_offline(offline_hub: Path, random_inception: Path, tmp_path: Path) -> None:
