@@ -14,9 +14,12 @@ continues an interrupted trial from its last checkpoint (CONVENTIONS 10).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import re
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,12 @@ CHECKPOINTS_KEPT = 2
 TRAIN_POLL_S = 0.5  # Ray Train controller's worker polling interval (its default: 2 s)
 # the reports of the last two checkpoint intervals, this one's included: saved with a checkpoint, replayed on resume
 REPORT_KEY = "_harness_report"
+# the hash of the trial (or shared trained model) a checkpoint belongs to: a checkpoint copied in from another
+# trial's directory is refused instead of resumed
+IDENTITY_KEY = "_harness_identity"
+# MLflow tag saying which checkpoints a (re)start skipped and what it resumed from instead
+FALLBACK_TAG = "harness.checkpoint_fallback"
+_CHECKPOINT_NAME = re.compile(r"step_(\d+)\.pt")
 
 
 class TrialFailed(RuntimeError):
@@ -64,6 +73,7 @@ class TrialContext:
         self.started = time.time()
         self.trained_epochs = 0  # epochs (or steps) this process trained, as opposed to restored
         self._data_seconds = 0.0  # time in ``data_wait`` blocks since ``data_wait_share`` last read it
+        self._pending_tags: dict[str, str] = {}  # tags for the next payload sent (a checkpoint fallback's)
 
     @property
     def is_main(self) -> bool:
@@ -139,6 +149,14 @@ class TrialContext:
                 # the next checkpoint carries this interval too: a driver more than one interval behind loses nothing
                 self._since_checkpoint = self._since_checkpoint[self._interval_start:]
                 self._interval_start = len(self._since_checkpoint)
+        self._send(payload)
+
+    def _send(self, payload: dict[str, Any]) -> None:
+        """Hand ``payload`` to the driver with the pending tags (not saved with checkpoints, so never replayed).
+        Never an extra send: every rank sends as many payloads as before (Ray Train's report barrier)."""
+        if self._pending_tags:
+            payload = {**payload, "tags": {**self._pending_tags, **payload.get("tags", {})}}
+            self._pending_tags = {}
         self._report_fn(payload)
 
     # ----------------------------------------------------------------------------------------------- checkpoints
@@ -178,8 +196,15 @@ class TrialContext:
         if self.world_size > 1:
             self.accelerator().wait_for_everyone()
 
+    @property
+    def checkpoint_identity(self) -> str:
+        """The hash the checkpoint directory belongs to: the shared trained model's, else the trial's ("" when the
+        trial payload has neither, as in some tests: checkpoints are then neither marked nor checked)."""
+        return str(self.trial.get("train_hash" if self.shares_training else "config_hash") or "")
+
     def save_checkpoint(self, state: dict[str, Any], step: int) -> Path | None:
-        """Atomically write ``state`` (tensors, numbers, strings, containers) and keep the newest few."""
+        """Atomically write ``state`` (tensors, numbers, strings, containers), marked with the trial's identity,
+        and keep the newest few (by step number)."""
         if not self.is_main:
             return None
         import torch
@@ -188,28 +213,135 @@ class TrialContext:
         mark = self.checkpoint_dir.parent / "data_hash"
         if self.data_hash and not mark.exists():  # which data these checkpoints belong to (claim_for_data)
             mark.write_text(self.data_hash + "\n")
+        if self.checkpoint_identity:
+            state = {**state, IDENTITY_KEY: self.checkpoint_identity}
         path = self.checkpoint_dir / f"step_{step:09d}.pt"
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, path)  # a kill mid-write leaves only a .tmp, never a truncated checkpoint
-        for old in sorted(self.checkpoint_dir.glob("step_*.pt"))[:-CHECKPOINTS_KEPT]:
+        for old in list_checkpoints(self.checkpoint_dir)[:-CHECKPOINTS_KEPT]:
             old.unlink(missing_ok=True)
         return path
 
-    def load_checkpoint(self) -> dict[str, Any] | None:
-        """The newest checkpoint, loaded with ``weights_only=True``; None when the trial starts fresh. A report saved
-        with it (``report(checkpoint=...)``) is sent again here: every rank loads, so every rank replays."""
-        import torch
+    def load_checkpoint(self, required: Iterable[str] = ()) -> dict[str, Any] | None:
+        """The newest usable checkpoint, loaded with ``weights_only=True``; None when the trial starts fresh. A
+        report saved with it (``report(checkpoint=...)``) is sent again here: every rank loads, so every rank
+        replays.
 
-        found = sorted(self.checkpoint_dir.glob("step_*.pt")) if self.checkpoint_dir.exists() else []
-        if not found:
+        A checkpoint that cannot be loaded, is not a dict with the ``required`` keys, or belongs to another trial
+        is skipped for the one before it (see :func:`load_newest_checkpoint`): rank 0 moves it aside and warns,
+        the other ranks skip the same files, so all ranks resume from the same one. The fallback is recorded on
+        the trial's MLflow run (``FALLBACK_TAG``) with the next payload sent."""
+        found = load_newest_checkpoint(self.checkpoint_dir, self.checkpoint_identity, required,
+                                       move_aside=self.is_main, warn=self.is_main)
+        if found.refused:
+            outcome = f"resumed from step {found.step}" if found.path else "retrained from scratch"
+            self._pending_tags[FALLBACK_TAG] = f"{found.describe()}; {outcome}"
+        if found.state is None:
             return None
-        state = torch.load(found[-1], map_location="cpu", weights_only=True)
-        saved = state.pop(REPORT_KEY, None)
+        saved = found.reports
         if saved is not None and not self.shares_training:
             for payload in [saved] if isinstance(saved, dict) else saved:  # one report: checkpoints of before
-                self._report_fn(payload)
-        return state
+                self._send(payload)
+        return found.state
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was skipped (unreadable, not a checkpoint, or another trial's) and moved aside."""
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """The step in a checkpoint's name (``step_<digits>.pt``, any padding); None for any other name."""
+    m = _CHECKPOINT_NAME.fullmatch(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """The checkpoints in ``directory``, oldest first by step number (names sort wrongly past 9 digits). Files
+    moved aside (``.corrupt``, ``.foreign``) and a ``.tmp`` left by a kill mid-write are not checkpoints."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    steps = ((checkpoint_step(p), p) for p in directory.glob("step_*.pt"))
+    return [p for step, p in sorted((s, p) for s, p in steps if s is not None)]
+
+
+@dataclasses.dataclass
+class LoadedCheckpoint:
+    """What :func:`load_newest_checkpoint` found: the checkpoint used (None: none usable), its state without the
+    harness's own keys, the reports saved with it, and the newer files refused, newest first, with the reason."""
+
+    path: Path | None
+    state: dict[str, Any] | None
+    reports: Any = None
+    refused: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+
+    @property
+    def step(self) -> int | None:
+        return checkpoint_step(self.path) if self.path is not None else None
+
+    def describe(self) -> str:
+        """The refused files and why, e.g. ``step_000000200.pt unreadable (EOFError: ...)``."""
+        return "; ".join(f"{p.name} {why}" for p, why in self.refused)
+
+
+def _reason(e: BaseException) -> str:
+    """An exception in one short line: its first sentence; for torch's weights-only refusal, what it refused."""
+    text = str(e).strip()
+    if "WeightsUnpickler error:" in text:
+        text = "weights-only load refused: " + text.split("WeightsUnpickler error:", 1)[1].strip()
+    elif text.startswith("Weights only load failed"):
+        parts = [p.strip() for p in text.split("\n\n") if p.strip()]
+        text = "weights-only load refused: " + (parts[1] if len(parts) > 1 else parts[0])
+    line = text.splitlines()[0].split(". ")[0].rstrip(".") if text else ""
+    if len(line) > 160:
+        line = line[:157] + "..."
+    return f"{type(e).__name__}: {line}" if line else type(e).__name__
+
+
+def load_newest_checkpoint(directory: str | Path, identity: str = "", required: Iterable[str] = (),
+                           move_aside: bool = True, warn: bool = True) -> LoadedCheckpoint:
+    """The newest checkpoint in ``directory`` that can be used, trying them newest first (by step number).
+
+    One is refused when ``torch.load(weights_only=True)`` fails (truncated or garbage file, a pickle of anything
+    but tensors and containers), when it is not a dict with string keys and every ``required`` key, or when it
+    is marked with another identity than ``identity`` (a checkpoint without a mark, from before marks were
+    written, is accepted; so is any checkpoint when ``identity`` is ""). With ``move_aside``, a refused file is
+    renamed to ``<name>.corrupt`` or ``<name>.foreign``, so globbing and pruning never see it again; with
+    ``warn``, a :class:`CheckpointWarning` names it and the reason."""
+    import torch
+
+    required = tuple(required)
+    refused: list[tuple[Path, str]] = []
+    for path in reversed(list_checkpoints(directory)):
+        why, suffix = "", ".corrupt"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - whatever the file holds, it is not a usable checkpoint
+            why = f"unreadable ({_reason(e)})"
+        else:
+            if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+                why = f"not a checkpoint (a {type(state).__name__}, not a dict of named entries)"
+            elif missing := [k for k in required if k not in state]:
+                why = f"not a checkpoint of this recipe (no {', '.join(missing)})"
+            elif identity and state.get(IDENTITY_KEY, identity) != identity:
+                why, suffix = f"from another trial ({str(state[IDENTITY_KEY])[:40]}, not {identity})", ".foreign"
+        if not why:
+            reports = state.pop(REPORT_KEY, None)
+            state.pop(IDENTITY_KEY, None)
+            return LoadedCheckpoint(path, state, reports, refused)
+        refused.append((path, why))
+        aside = ""
+        if move_aside:
+            target = path.with_name(path.name + suffix)
+            try:
+                os.replace(path, target)
+                aside = f", moved aside to {target.name}"
+            except OSError:  # gone already (another process moved it) or read-only: skipped all the same
+                pass
+        if warn:
+            warnings.warn(f"skipped checkpoint {path}: {why}{aside}", CheckpointWarning, stacklevel=3)
+    return LoadedCheckpoint(None, None, None, refused)
 
 
 # ---------------------------------------------------------------------------------------------- Ray entry points

@@ -142,7 +142,7 @@ def train_classify(trial: dict[str, Any], ctx: TrialContext) -> None:
     gen = torch.Generator().manual_seed(seed * 1000 + ctx.rank)
     batches = TensorBatches(train, min(per_worker, len(train)), gen, device=acc.device, raw=True)
 
-    state = ctx.load_checkpoint()
+    state = ctx.load_checkpoint(required=("model", "opt", "sched", "batches", "rng", "step", "peak_lr"))
     step, peak_lr = 0, cfg.lr
     if state is not None:
         peak_lr = float(state["peak_lr"])

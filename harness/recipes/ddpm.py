@@ -39,7 +39,7 @@ def train_ddpm(trial: dict[str, Any], ctx: TrialContext) -> None:
     ddpm = DDPM(cfg.T, cfg.schedule, cfg.lbeta, cfg.ubeta)
 
     epoch = 0
-    state = ctx.load_checkpoint()
+    state = ctx.load_checkpoint(required=("model", "opt", "rng", "epoch"))
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])

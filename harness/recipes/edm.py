@@ -86,7 +86,7 @@ def train_edm(trial: dict[str, Any], ctx: TrialContext) -> None:
     augment = KarrasAugment(cfg.augment_prob) if cfg.augment_prob > 0 else None
 
     step = 0
-    state = ctx.load_checkpoint()
+    state = ctx.load_checkpoint(required=("model", "ema", "opt", "batches", "rng", "step"))
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])

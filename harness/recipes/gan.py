@@ -56,7 +56,7 @@ def train_gan(trial: dict[str, Any], ctx: TrialContext) -> None:
     batches = TensorBatches(train, max(1, cfg.batch_size // ctx.world_size), gen, device=acc.device)
     k = model_cfg.num_classes
 
-    step, state = 0, ctx.load_checkpoint()
+    step, state = 0, ctx.load_checkpoint(required=("model", "g_ema", "opt_g", "opt_d", "batches", "rng", "gen", "step"))
     if state is not None:
         for part, key in ((model, "model"), (g_ema, "g_ema"), (opt_g, "opt_g"), (opt_d, "opt_d"),
                           (batches, "batches")):

@@ -22,7 +22,7 @@ def train_null(trial: dict[str, Any], ctx: TrialContext) -> None:
     torch.manual_seed(int(trial["seed"]))
     model, model_cfg = trial_model(trial)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    state = ctx.load_checkpoint()
+    state = ctx.load_checkpoint(required=("model", "step"))
     step = 0
     if state is not None:
         model.load_state_dict(state["model"])

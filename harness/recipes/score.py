@@ -44,7 +44,8 @@ def train_score(trial: dict[str, Any], ctx: TrialContext) -> None:
     batches = TensorBatches(train, cfg.batch_size, gen, device=acc.device, drop_last=False)
 
     with ctx.training_lock():  # pruning and int8 arms share their baseline's trained model (Trial.train_hash)
-        rest = restore(ctx.load_checkpoint(), model=model, opt=opt, batches=batches, ema=ema)
+        state = ctx.load_checkpoint(required=("model", "opt", "batches", *(["ema"] if ema is not None else [])))
+        rest = restore(state, model=model, opt=opt, batches=batches, ema=ema)
         epoch, history = int(rest.get("epoch", 0)), list(rest.get("history", []))
         model, opt = acc.prepare(model, opt)
         while epoch < cfg.epochs:

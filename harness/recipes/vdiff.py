@@ -85,7 +85,7 @@ def train_vdiff(trial: dict[str, Any], ctx: TrialContext) -> None:
     engine = sobol_engine(seed * 1000 + ctx.rank)
     null = model_cfg.num_classes
 
-    step, state = 0, ctx.load_checkpoint()
+    step, state = 0, ctx.load_checkpoint(required=("model", "ema", "opt", "sched", "batches", "rng", "gen", "step"))
     if state is not None:
         for part, key in ((model, "model"), (ema, "ema"), (opt, "opt"), (sched, "sched"), (batches, "batches")):
             part.load_state_dict(state[key])
