@@ -9,3 +9,41 @@ def one_line(e: BaseException, limit: int = 300) -> str:
     """An exception's message on one line (its lines joined, whitespace collapsed), at most ``limit`` characters;
     the exception's type name when it has no message."""
     return " ".join(str(e).split())[:limit] or type(e).__name__
+
+
+# What Ray, the kernel or the filesystem did to a trial, as opposed to what its recipe did: (text in the error, the
+# reason in words). A trial stopped by one of these is interrupted (closed as KILLED and resumed by the same command),
+# not failed. Checked in order; the first match names the reason.
+INFRASTRUCTURE = (
+    (("No space left on device", "[Errno 28]", "database or disk is full", "ENOSPC"), "the disk is full"),
+    (("OutOfMemoryError", "running low on memory", "killed due to memory"),
+     "Ray's memory monitor killed a trial process (the node ran low on memory)"),
+    (("NodeDiedError", "node died", "Node died", "node was lost", "NodeDied"), "a Ray node was lost"),
+    (("GcsRpcError", "Failed to connect to GCS", "GCS has", "GCS server", "RaySystemError"),
+     "the Ray cluster's control service (GCS) went away"),
+    (("RayActorError", "ActorDiedError", "The actor is dead", "ActorUnavailableError", "WorkerCrashedError",
+      "OwnerDiedError", "worker process has died", "Worker unexpectedly exits"),
+     "a trial's Ray worker process died (killed, out of memory, or its node was lost)"),
+)
+
+
+def infrastructure_reason(error: BaseException | str | None) -> str | None:
+    """Why Ray or the machine, not the recipe, stopped a trial (see ``INFRASTRUCTURE``); None for any other error.
+    An exception is searched through its causes (an OSError with errno ENOSPC is a full disk)."""
+    import errno
+
+    texts = []
+    seen: set[int] = set()
+    while isinstance(error, BaseException) and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return INFRASTRUCTURE[0][1]
+        texts.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or error.__context__
+    if isinstance(error, str):
+        texts.append(error)
+    text = "\n".join(texts)
+    for needles, reason in INFRASTRUCTURE:
+        if any(n in text for n in needles):
+            return reason
+    return None

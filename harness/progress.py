@@ -8,6 +8,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from harness.errors import infrastructure_reason, one_line
 from harness.spec import Trial
 from harness.tracking import TAG, Tracker, TrialRun
 
@@ -32,6 +33,7 @@ class Progress:
         self.n_all = len(state)
         self.finished: set[str] = set()
         self.failed: set[str] = set()
+        self.interrupted: set[str] = set()  # stopped by Ray or the machine (closed KILLED, resumed by a rerun)
         self.echo = echo
         self.every_s = every_s
         self._last = 0.0
@@ -49,6 +51,10 @@ class Progress:
         (self.finished if ok else self.failed).add(h)
         self.echo(self.line())
 
+    def interrupt(self, h: str, reason: str) -> None:
+        self.interrupted.add(h)
+        self.echo(f"interrupted {self.todo[h].run_name}: {reason}")
+
     def eta(self) -> float | None:
         rates = []
         for h, (t0, s0) in self.first.items():
@@ -59,21 +65,23 @@ class Progress:
             return None
         running = max(1, len(self.running()))
         remaining = sum(max(0, self.total_steps[h] - self.step.get(h, 0))
-                        for h in self.todo if h not in self.finished | self.failed)
+                        for h in self.todo if h not in self.finished | self.failed | self.interrupted)
         return remaining / (sum(rates) / len(rates) * running)
 
     def running(self) -> list[str]:
-        return [h for h in self.step if h not in self.finished | self.failed]
+        return [h for h in self.step if h not in self.finished | self.failed | self.interrupted]
 
     def line(self) -> str:
         run = ", ".join(f"{self.todo[h].variant} {self.step[h]}/{self.total_steps[h]}" for h in self.running())
         eta = self.eta()
         return (f"[{time.strftime('%H:%M:%S')}] done {self.done_before + len(self.finished)}/{self.n_all}  "
                 f"running {len(self.running())}{f' ({run})' if run else ''}  failed {len(self.failed)}  "
+                + (f"interrupted {len(self.interrupted)}  " if self.interrupted else "") +
                 f"elapsed {_fmt_s(time.time() - self.started)}" + (f"  ETA {_fmt_s(eta)}" if eta is not None else ""))
 
     def summary(self) -> None:
-        self.echo(f"finished {len(self.finished)} trial(s), failed {len(self.failed)}, in "
+        cut = f", interrupted {len(self.interrupted)}" if self.interrupted else ""
+        self.echo(f"finished {len(self.finished)} trial(s), failed {len(self.failed)}{cut}, in "
                   f"{_fmt_s(time.time() - self.started)}")
 
 
@@ -86,13 +94,17 @@ class StudyCallback(Callback):
         self.progress = progress
         self.final_state: dict[str, str] = {}
         self.saw_done: set[str] = set()
+        self.interruptions: dict[str, str] = {}  # config hash -> why Ray or the machine stopped the trial
 
     @staticmethod
     def _hash(trial) -> str:
         return trial.config["cfg"]["trial_hash"]
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        self.runs[self._hash(trial)].ensure(self.tracker)
+        tr = self.runs[self._hash(trial)]
+        tr.ensure(self.tracker)
+        if tr.attempt_start is None:  # a Tune restart (max_failures) continues the same attempt's clock
+            tr.attempt_start = time.time()
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict[str, Any], **info) -> None:
         h = self._hash(trial)
@@ -119,9 +131,18 @@ class StudyCallback(Callback):
             self._close(h, "FAILED", "trial ended without its final report")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        """A recipe's own failure (it wrote failure.txt, or raised) closes the run FAILED; Ray or the machine
+        stopping the trial (a lost node or worker process, Ray's memory monitor, a full disk) closes it KILLED, so
+        the same command resumes it without ``--retry-failed``."""
         h = self._hash(trial)
-        reason = _failure_reason(trial)
-        self._close(h, "FAILED", reason)
+        own, text = _failure_reason(trial)
+        infra = None if own else infrastructure_reason(text)
+        if infra:
+            self.interruptions[h] = infra
+            self._close(h, "KILLED")
+            self.progress.interrupt(h, infra)
+        else:
+            self._close(h, "FAILED", own or _last_line(text))
 
     def _close(self, h: str, status: str, reason: str | None = None) -> None:
         tr = self.runs[h]
@@ -132,28 +153,46 @@ class StudyCallback(Callback):
         tr.ensure(self.tracker)
         if reason:
             self.tracker.set_tags(tr.run_id, {f"{TAG}failure_reason": reason[:5000]})
-        self.tracker.finish(tr.run_id, status)
+        self.tracker.finish_trial(tr, status)
         tr.status = status
         self.final_state[h] = {"FINISHED": "done", "FAILED": "failed"}.get(status, "resume")
         if status in ("FINISHED", "FAILED"):
             self.progress.end(h, status == "FINISHED")
 
-    def close_all(self, status: str) -> None:
-        """Close every run still open (interrupt: KILLED, resumable; otherwise FAILED)."""
+    def close_all(self, status: str) -> list[str]:
+        """Close every run still open (interrupt: KILLED, resumable; otherwise FAILED). Best effort: a run that
+        cannot be closed (the store cannot be written, e.g. a full disk) is left for the next invocation, which
+        closes runs no live driver owns; returns why closing failed, if it did."""
+        problems = []
         for h, tr in self.runs.items():
             if tr.status == "RUNNING":
-                self._close(h, status, None if status == "KILLED" else "trial did not complete")
+                try:
+                    self._close(h, status, None if status == "KILLED" else "trial did not complete")
+                except Exception as e:  # noqa: BLE001 - reported in the driver's one sentence
+                    problems.append(one_line(e, 120))
+        return problems
 
 
-def _failure_reason(trial) -> str:
-    """The recipe's own reason (failure.txt in the trial's run dir) or the last line of Tune's error trace."""
+def _failure_reason(trial) -> tuple[str, str]:
+    """(the recipe's own reason from failure.txt in the trial's run dir, or ""; the text of Tune's error trace).
+    The trace is read from the trial's local error file (``trial.get_error`` reads the synced copy in the storage
+    path, which may not be there yet when the callback runs)."""
     run_dir = Path(trial.config["cfg"]["paths"]["run_dir"])
     f = run_dir / "failure.txt"
-    if f.exists():
-        return f.read_text().strip()
+    own = ""
     try:
-        err = trial.get_error()
+        own = f.read_text().strip() if f.exists() else ""
+    except OSError:
+        pass
+    text = ""
+    try:
+        local = getattr(trial, "error_file", None)
+        text = Path(local).read_text() if local and Path(local).exists() else str(trial.get_error() or "")
     except Exception:  # noqa: BLE001 - best effort: the trial already failed
-        err = None
-    lines = [ln for ln in str(err or "").strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "trial raised an error"
+        pass
+    return own, text
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else "trial raised an error"

@@ -6,9 +6,14 @@ their last checkpoint in the same MLflow run (metric steps already logged are no
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import logging
 import os
+import shutil
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -19,10 +24,11 @@ from typing import Any
 import yaml
 
 from harness.console import format_table
-from harness.errors import UserError, one_line
+from harness.errors import UserError, infrastructure_reason, one_line
 from harness.spec import LoadedStudy, Trial, expand_trials, load_study
 from harness.tracking import (
     KIND_TRIAL,
+    RUNNING_S,
     TAG,
     Tracker,
     TrialRun,
@@ -30,6 +36,7 @@ from harness.tracking import (
     git_sha,
     mlflow_key,
     package_versions,
+    sqlite_path,
 )
 
 Echo = Callable[[str], None]
@@ -148,22 +155,62 @@ def run_study(
         echo(trial_table(plan))
         return plan
     data_hashes = _check_data(loaded)
-    tracker = Tracker(uri, s.name, rdir / "mlartifacts")
-    tracker.data_hashes = data_hashes
-    plan = plan_study(loaded, tracker, retry_failed)
-    todo = [t for t in plan.trials if plan.state[t.config_hash] in ("new", "resume")]
-    done = sum(v == "done" for v in plan.state.values())
-    echo(f"study {s.name} [profile {loaded.profile}]: {len(plan.trials)} trials, {done} done, "
-         f"{len(todo)} to run, {sum(v == 'failed' for v in plan.state.values())} failed")
-    parent = _run_trials(plan, todo, tracker, rdir, address, echo) if todo else None
+    store = sqlite_path(uri)
+    # the lock lives beside a SQLite store (the results directory's own by default), so drivers sharing the store
+    # see one lock; for a tracking server, beside the results
+    with study_lock(store.parent if store else rdir, s.name, loaded.profile, path), _disk_full_is_one_sentence(rdir):
+        tracker = Tracker(uri, s.name, rdir / "mlartifacts")
+        tracker.data_hashes = data_hashes
+        # With a SQLite store the lock covers every driver that can write it, so open runs have no live driver.
+        orphans = tracker.close_orphans(s.name) if store else 0
+        if orphans:
+            echo(f"closed {orphans} run(s) left open by a driver that stopped without closing them (now KILLED)")
+        plan = plan_study(loaded, tracker, retry_failed)
+        todo = [t for t in plan.trials if plan.state[t.config_hash] in ("new", "resume")]
+        done = sum(v == "done" for v in plan.state.values())
+        echo(f"study {s.name} [profile {loaded.profile}]: {len(plan.trials)} trials, {done} done, "
+             f"{len(todo)} to run, {sum(v == 'failed' for v in plan.state.values())} failed")
+        parent = _run_trials(plan, todo, tracker, rdir, address, echo) if todo else None
+        _write_tables(plan, tracker, rdir, parent, echo)
+    return plan
+
+
+def _write_tables(plan: Plan, tracker: Tracker, rdir: Path, parent: str | None, echo: Echo) -> None:
     from harness.tables import write_study_tables
 
-    out_dir = rdir / s.name / loaded.profile
+    loaded = plan.loaded
+    out_dir = rdir / loaded.study.name / loaded.profile
     for written in write_study_tables(loaded, plan.trials, tracker, rdir):
         echo(f"wrote {written}")
         if parent:  # the invocation's parent run carries the tables and plots it produced, laid out as on disk
             tracker.log_artifact(parent, written, str(Path("tables") / written.relative_to(out_dir).parent))
-    return plan
+
+
+@contextlib.contextmanager
+def study_lock(where: Path, study: str, profile: str, path: str | Path):
+    """One driver per study and store: a second `harness study` on them (any profile: profiles can share trials)
+    is refused with one sentence naming the running one. The lock is the kernel's (flock), so a driver that dies,
+    however hard, leaves nothing held; the file keeps who holds it, for that sentence."""
+    locks = where / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    f = open(locks / f"{study}.lock", "a+")  # noqa: SIM115 - held for the whole block
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise UserError(f"study {study} is already being run on the store in {where} by {holder}: wait for "
+                            "it to finish or stop it (Ctrl-C; its trials resume), or pass another --results-dir "
+                            "to run beside it") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"`harness study {path} --profile {profile}` (pid {os.getpid()} on {socket.gethostname()}, "
+                f"started {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # releases the lock
 
 
 def store_exists(uri: str) -> bool:
@@ -199,7 +246,11 @@ def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, add
         if plan.state[h] == "resume":
             rid = plan.runs[h].info.run_id
             tracker.reopen(rid, parent)
-            runs[h] = TrialRun(rid, "RUNNING", tracker.last_steps(rid))
+            old = plan.runs[h]
+            ran = old.data.tags.get(RUNNING_S)
+            before = float(ran) if ran else (  # a run from before running_s: its earlier span as it was
+                (old.info.end_time - old.info.start_time) / 1000 if old.info.end_time else 0.0)
+            runs[h] = TrialRun(rid, "RUNNING", tracker.last_steps(rid), running_s=before)
         else:
             tags = {**common_tags, f"{TAG}kind": KIND_TRIAL, f"{TAG}config_hash": h, f"{TAG}variant": t.variant,
                     f"{TAG}dataset": t.dataset, f"{TAG}seed": str(t.seed), f"{TAG}params": str(t.params),
@@ -224,6 +275,7 @@ def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, add
         raise KeyboardInterrupt
 
     old = signal.getsignal(signal.SIGTERM)
+    quiet = _quiet_tune_logs()
     try:
         # After ray.init: its C++ failure-signal handler would otherwise take SIGTERM and kill the driver without
         # closing the runs.
@@ -249,22 +301,99 @@ def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, add
         )
         tuner.fit()
     except KeyboardInterrupt:
-        callback.close_all("KILLED")
-        tracker.finish(parent, "KILLED")
+        _close_killed(callback, tracker, parent)
         echo("interrupted: rerun the same command to resume")
         sys.exit(130)
-    except Exception as e:  # noqa: BLE001 - Ray itself gave up (e.g. its memory monitor killed trial processes)
-        callback.close_all("KILLED")  # resumable: the rerun continues each trial from its checkpoint
-        tracker.finish(parent, "KILLED")
-        raise UserError(f"Ray stopped the study ({one_line(e)}); rerun the same command to resume") from None
+    except Exception as e:  # noqa: BLE001 - Ray itself gave up (its memory monitor, a lost GCS, a full disk, ...)
+        # resumable: the rerun continues each trial from its checkpoint
+        unclosed = _close_killed(callback, tracker, parent)
+        why = _infrastructure(e, rdir) or f"Ray stopped the study ({one_line(e)})"
+        raise UserError(f"{why}; the study's open runs are closed as KILLED{unclosed}: "
+                        f"{_fix(why, rdir)}rerun the same command to resume") from None
     finally:
         signal.signal(signal.SIGTERM, old)
+        _restore_logs(quiet)
     callback.close_all("FAILED")  # anything Tune did not report as complete
-    tracker.finish(parent, "FAILED" if progress.failed else "FINISHED")
     for h, st in callback.final_state.items():
         plan.state[h] = st
     progress.summary()
+    if callback.interruptions:  # Ray or the machine stopped trials: closed KILLED, resumed by the same command
+        tracker.finish(parent, "KILLED")
+        reasons = sorted(set(callback.interruptions.values()))
+        why = "; ".join(reasons)
+        raise UserError(f"{len(callback.interruptions)} trial(s) interrupted because {why} (closed as KILLED, "
+                        f"not failed): {_fix(why, rdir)}rerun the same command to resume them")
+    tracker.finish(parent, "FAILED" if progress.failed else "FINISHED")
     return parent
+
+
+@contextlib.contextmanager
+def _disk_full_is_one_sentence(rdir: Path):
+    """The driver's own writes (the MLflow store, artifacts, tables) failing for lack of space end in one sentence;
+    runs it could not close are closed by the next `harness study` on the store (it holds the study's lock)."""
+    try:
+        yield
+    except (UserError, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:
+        why = _infrastructure(e, rdir)
+        if not why or not why.startswith("the disk is full"):
+            raise
+        raise UserError(f"{why}: free space on the disk holding {rdir}, then rerun the same command to resume "
+                        "(runs left open are closed as KILLED then)") from None
+
+
+def _close_killed(callback, tracker: Tracker, parent: str) -> str:
+    """Close every open run as KILLED, the parent included, as far as the store can be written; returns the clause
+    that says what could not be closed ("" when all were)."""
+    problems = callback.close_all("KILLED")
+    try:
+        tracker.finish(parent, "KILLED")
+    except Exception as e:  # noqa: BLE001 - reported in the sentence
+        problems.append(one_line(e, 120))
+    if not problems:
+        return ""
+    return (f" (some runs could not be closed: {problems[0]}; the next `harness study` on this results directory "
+            "closes them as KILLED)")
+
+
+def _infrastructure(e: BaseException, rdir: Path) -> str | None:
+    """Why the study stopped, when Ray or the machine stopped it: the error's own words, or a nearly full disk."""
+    why = infrastructure_reason(e)
+    if why is None and _disk_nearly_full(rdir):
+        why = "the disk is full"
+    root = e
+    while root.__cause__ is not None or root.__context__ is not None:  # the innermost error says it plainly
+        root = root.__cause__ or root.__context__
+    return f"{why} ({type(root).__name__}: {one_line(root, 160)})" if why else None
+
+
+def _disk_nearly_full(path: Path, below: int = 64 << 20) -> bool:
+    try:
+        return shutil.disk_usage(path).free < below
+    except OSError:
+        return False
+
+
+def _fix(why: str, rdir: Path) -> str:
+    return f"free space on the disk holding {rdir}, then " if why.startswith("the disk is full") else ""
+
+
+def _quiet_tune_logs() -> dict[str, int]:
+    """Tune logs each failed trial's whole traceback (and a summary) at ERROR level; the driver records the reason
+    in MLflow, says it in one line and keeps the trace in the trial's Ray folder, so those logs are silenced while
+    the study runs."""
+    levels = {}
+    for name in ("ray.tune", "ray.train", "ray.air"):
+        logger = logging.getLogger(name)
+        levels[name] = logger.level
+        logger.setLevel(logging.CRITICAL)
+    return levels
+
+
+def _restore_logs(levels: dict[str, int]) -> None:
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def schedule_order(todo: list[Trial]) -> list[Trial]:
@@ -361,7 +490,10 @@ def _ray_init(address: str | None) -> None:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level="WARNING")
         else:
-            ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+            # "local": a private instance for this study. Without it ray.init joins the cluster recorded by `ray
+            # start` on this machine (someone else's, possibly running another checkout's Python), and a stale record
+            # of a dead one makes it retry for minutes.
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     except ConnectionError as e:
         raise UserError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
 

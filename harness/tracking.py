@@ -7,10 +7,14 @@ and the resolved config goes in as an artifact; ``MLFLOW_RUN_ID`` is never expor
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import logging
 import math
 import platform
 import re
+import sqlite3
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -25,8 +29,66 @@ TAG = "harness."
 KIND_PARENT, KIND_TRIAL = "study", "trial"
 
 
+RUNNING_S = f"{TAG}running_s"  # seconds a trial's run spent running, summed over its attempts (not the gaps)
+
+
 def default_tracking_uri(results_dir: Path) -> str:
     return f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` tracking URI; None for other stores."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Held while a process opens a SQLite store: MLflow creates and migrates the schema on first use, and two
+    processes doing that at once fail inside the migration. Other stores need no lock."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def check_store(uri: str) -> None:
+    """Refuse a damaged SQLite store with one sentence (SQLite's quick check), instead of tables read from half a
+    store or an error that reads like a network problem. A missing file is not damaged (it is created)."""
+    path = sqlite_path(uri)
+    if path is None or not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+            rows = db.execute("PRAGMA quick_check(5)").fetchall()
+    except sqlite3.DatabaseError as e:
+        problem = " ".join(str(e).split())
+    else:
+        problems = [r[0] for r in rows if r and r[0] != "ok"]
+        if not problems:
+            return
+        problem = " ".join("; ".join(problems).replace("*** in database main ***", "").split())[:200]
+    raise UserError(
+        f"the MLflow store {path} is damaged (SQLite: {problem}): restore it from a backup, or salvage what is "
+        f"readable with `sqlite3 {path} .recover | sqlite3 {path.with_name('mlflow-recovered.db')}` and use that "
+        f"file, or move it aside to start a new store (checkpoints under {path.parent / 'runs'} are kept, so "
+        "interrupted trials resume from them).")
+
+
+def run_seconds(run: Any) -> float | None:
+    """How long a finished trial ran: the sum of its attempts' running time (``harness.running_s``); runs from before
+    that tag was recorded fall back to end minus start, which counts the gaps between attempts."""
+    tagged = run.data.tags.get(RUNNING_S)
+    if tagged:
+        with contextlib.suppress(ValueError):
+            return float(tagged)
+    return (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None
 
 
 def mlflow_key(key: str) -> str:
@@ -75,6 +137,8 @@ class TrialRun:
     status: str
     last_step: dict[str, int] = field(default_factory=dict)
     pending: tuple[str, str, dict[str, str], dict[str, Any]] | None = None  # (parent id, name, tags, resolved)
+    running_s: float = 0.0  # running time of the run's earlier attempts (``harness.running_s``)
+    attempt_start: float | None = None  # when this invocation's attempt started (time.time())
 
     def ensure(self, tracker: Tracker) -> str:
         if not self.run_id and self.pending:
@@ -121,20 +185,28 @@ class Tracker:
         # Only the client API: mlflow.set_tracking_uri would export MLFLOW_TRACKING_URI to the whole process, and a
         # second study run in the same process (library use, tests) would then write to this one's store.
         self.uri = tracking_uri
+        # MLflow's SQL store logs every database error with its traceback before raising it; the harness says what
+        # went wrong in one sentence (a full disk, a damaged store), and anything else still raises with its trace
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         check_server(tracking_uri)
-        try:
-            self.client = MlflowClient(tracking_uri)
-            exp = self.client.get_experiment_by_name(experiment)
-        except Exception as e:  # noqa: BLE001 - any backend failure is the same user-facing problem
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise UserError(f"cannot reach the MLflow tracking store {tracking_uri}: {first}") from None
-        if exp is None:
-            loc = artifact_root.resolve().as_uri() if artifact_root else None
-            # the experiment kind tells MLflow 3's UI that these are training runs, not GenAI traces
-            self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=loc, tags={"mlflow.experimentKind": "custom_model_development"})
-        else:
-            self.experiment_id = exp.experiment_id
+        check_store(tracking_uri)
+        with store_lock(tracking_uri):  # schema creation/migration and the experiment, one process at a time
+            try:
+                self.client = MlflowClient(tracking_uri)
+                exp = self.client.get_experiment_by_name(experiment)
+                if exp is None:
+                    loc = artifact_root.resolve().as_uri() if artifact_root else None
+                    # the experiment kind tells MLflow 3's UI that these are training runs, not GenAI traces
+                    self.experiment_id = self.client.create_experiment(
+                        experiment, artifact_location=loc,
+                        tags={"mlflow.experimentKind": "custom_model_development"})
+                else:
+                    self.experiment_id = exp.experiment_id
+            except Exception as e:  # noqa: BLE001 - any backend failure is the same user-facing problem
+                check_store(tracking_uri)  # a store damaged in a way the quick check missed says so
+                first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                where = "store" if sqlite_path(tracking_uri) else "tracking store"
+                raise UserError(f"cannot open the MLflow {where} {tracking_uri}: {first}") from None
 
     # ------------------------------------------------------------------------------------------------- queries
     # dataset name -> content fingerprint of the data this invocation uses; when set, runs that recorded another
@@ -168,6 +240,17 @@ class Tracker:
             if done:
                 out[h] = done[0]
         return out
+
+    def close_orphans(self, study: str) -> int:
+        """Close as KILLED the runs of ``study`` still marked RUNNING: called with the study's driver lock held, so
+        no live driver owns them (a driver killed hard, or one that could not write its last status). Returns how
+        many; the trials among them resume as interrupted ones do."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{TAG}study` = '{study}' and attributes.status = 'RUNNING'",
+            max_results=50_000)
+        for r in runs:
+            self.client.set_terminated(r.info.run_id, status="KILLED")
+        return len(runs)
 
     def last_steps(self, run_id: str) -> dict[str, int]:
         run = self.client.get_run(run_id)
@@ -230,3 +313,11 @@ class Tracker:
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
+
+    def finish_trial(self, tr: TrialRun, status: str) -> None:
+        """Close a trial's run, adding this attempt's running time to ``harness.running_s`` first."""
+        if tr.attempt_start is not None:
+            tr.running_s += max(0.0, time.time() - tr.attempt_start)
+            tr.attempt_start = None
+            self.client.set_tag(tr.run_id, RUNNING_S, f"{tr.running_s:.1f}")
+        self.finish(tr.run_id, status)

@@ -39,6 +39,26 @@ class TrialFailed(RuntimeError):
     """The recipe gave up on a trial (e.g. a non-finite loss); the message is the reason recorded in MLflow."""
 
 
+class DiskFull(OSError):
+    """A trial stopped because its disk is full: resumable once space is freed (its message says "No space left on
+    device", which the driver reads as an interruption, not a failure)."""
+
+
+def _disk_full(e: BaseException, where: Path, below: int = 64 << 20) -> bool:
+    """Whether ``e`` came from a full disk: ENOSPC in its chain, or any error while the disk holding ``where`` has
+    less than ``below`` bytes free (torch.save on a full disk raises an opaque "unexpected pos" RuntimeError)."""
+    import shutil
+
+    from harness.errors import infrastructure_reason
+
+    if (infrastructure_reason(e) or "").startswith("the disk is full"):
+        return True
+    try:
+        return shutil.disk_usage(where).free < below
+    except OSError:
+        return False
+
+
 class TrialSkipped(RuntimeError):
     """The trial's arm cannot run here (e.g. bitsandbytes without a GPU): recorded as finished, skipped, with the
     reason, so the rest of the study goes on and a rerun does not retry it on the same kind of machine."""
@@ -217,7 +237,11 @@ class TrialContext:
             state = {**state, IDENTITY_KEY: self.checkpoint_identity}
         path = self.checkpoint_dir / f"step_{step:09d}.pt"
         tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves nothing behind
+            raise
         os.replace(tmp, path)  # a kill mid-write leaves only a .tmp, never a truncated checkpoint
         for old in list_checkpoints(self.checkpoint_dir)[:-CHECKPOINTS_KEPT]:
             old.unlink(missing_ok=True)
@@ -445,6 +469,8 @@ def _run_recipe(config: dict[str, Any], send, rank: int, world_size: int) -> Non
     except TrialSkipped as e:
         ctx.report(0, {}, tags={"harness.skipped": str(e)}, done=True)
     except Exception as e:
+        if _disk_full(e, ctx.run_dir):  # the machine's fault, not the recipe's: the driver closes it KILLED
+            raise DiskFull(f"No space left on device under {ctx.run_dir} ({type(e).__name__}: {e})") from e
         if ctx.is_main:  # the reason the driver records in MLflow and the table
             failure.write_text(str(e) if isinstance(e, TrialFailed) else f"{type(e).__name__}: {e}")
         raise
