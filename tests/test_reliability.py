@@ -88,6 +88,7 @@ def test_a_stale_ray_start_record_neither_hangs_nor_delays_the_study(tmp_path, r
     assert time.time() - t0 < 180
 
 
+@pytest.mark.slow
 def test_a_ray_start_cluster_beside_the_study_is_not_joined(tmp_path, ray_tmp):
     """Without --address the study starts a private Ray: a cluster started by `ray start` on the machine (another
     checkout's, another user's) runs none of its trials."""
@@ -126,6 +127,25 @@ def _wait_for(cond, timeout: float, proc: subprocess.Popen | None = None, what: 
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def test_a_study_whose_lock_is_held_is_refused_in_one_sentence_before_anything_starts(tmp_path):
+    """The fast form of the next test: the lock held by this process, the CLI refuses and opens no run."""
+    from harness.runner import study_lock
+
+    results = tmp_path / "results"
+    results.mkdir()
+    study = null_study(tmp_path / "null.yaml")
+    with study_lock(results, "nulltest", "default", study):
+        res = harness("study", str(study), "--results-dir", str(results), timeout=120)
+    assert res.returncode == 2, res.stdout + res.stderr
+    err = res.stderr.strip()
+    assert err.startswith(f"error: study nulltest is already being run on the store in {results} by `harness study "
+                          f"{study} --profile default` (pid {os.getpid()} on ") and err.count("\n") == 0, err
+    assert not (results / "mlflow.db").exists()
+    again = harness("study", str(study), "--results-dir", str(results), "--dry-run", timeout=120)
+    assert again.returncode == 0  # released with the block; a dry run never takes it
+
+
+@pytest.mark.slow
 def test_a_second_driver_is_refused_and_a_dead_driver_holds_nothing(tmp_path):
     """Two drivers on one study and results directory both trained all trials; now the second is refused with one
     sentence naming the first, and after the first is killed outright the same command resumes: its open runs are
@@ -162,6 +182,7 @@ def test_a_second_driver_is_refused_and_a_dead_driver_holds_nothing(tmp_path):
     assert 0 < running < span - 6, (running, span)
 
 
+@pytest.mark.slow
 def test_a_trial_process_killed_under_the_driver_is_interrupted_not_failed(tmp_path):
     """A trial whose process dies (Ray's memory monitor, the kernel's OOM killer, a lost node) was recorded FAILED
     ('trial raised an error') and skipped by the rerun unless --retry-failed; now it is closed KILLED, the others
@@ -313,6 +334,7 @@ def test_a_full_disk_interrupts_trials_in_one_sentence_and_the_rerun_resumes(tmp
         subprocess.run(["umount", "-l", str(small)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_full_disk_under_the_store_is_one_sentence(tmp_path):
     """The driver's own writes (the MLflow store) failing for lack of space end in one sentence, not tracebacks."""
     if os.geteuid() != 0 or not _mount_tmpfs(tmp_path / "small", "16m"):
