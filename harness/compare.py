@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import UserError
-from harness.spec import LoadedStudy, Trial
+from harness.spec import LoadedStudy, Trial, out_file, safe_component
 from harness.tracking import Tracker
 
 # Metrics where higher is better; every other compared metric (FID, KID, EMD, NLL, losses, sizes) is lower-better.
@@ -29,14 +29,19 @@ IDENTITY = ("dataset", "variant")
 def resolve_key(trials: list[Trial], by: str) -> str:
     """``variant``, ``dataset``, a full config key (``train.lr``) or the unique key ending in ``.<by>``."""
     if by in IDENTITY or "." in by:
-        return by
+        return _safe_key(by)
     keys = {f"{section}.{k}" for t in trials for section in ("model", "train", "eval", "data")
             for k in getattr(t, section)}
     matches = sorted(k for k in keys if k.endswith(f".{by}"))
     if len(matches) != 1:
         raise UserError(f"--by {by!r} is {'ambiguous: ' + ', '.join(matches) if matches else 'not a config key'}; "
                         "use variant, dataset or a full key such as train.lr")
-    return matches[0]
+    return _safe_key(matches[0])
+
+
+def _safe_key(key: str) -> str:
+    """The key names compare_<key>.{md,csv}: the rule of study names, so `--by ../x` cannot write elsewhere."""
+    return safe_component(key, "--by key", "harness compare")
 
 
 def _value(t: Trial, key: str) -> Any:
@@ -200,7 +205,7 @@ def run_compare(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, by: 
                "t interval and the paired t-test's p.")
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "compare_" + key.replace(".", "_")
-    md, csv = out_dir / f"{stem}.md", out_dir / f"{stem}.csv"
+    md, csv = out_file(out_dir, f"{stem}.md"), out_file(out_dir, f"{stem}.csv")
     text = markdown(res, caption)
     md.write_text(f"# {s.name}: {key}\n\n{text}")
     res.to_csv(csv, index=False)

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.spec import LoadedStudy, Trial
-from harness.tracking import Tracker
+from harness.spec import LoadedStudy, Trial, out_file
+from harness.tracking import Tracker, run_seconds
 
 COSTS = (("params", "parameters", True), ("train_pflops", "training PFLOPs (estimate)", True),
          ("wall_min", "wall time per trial (min)", False))
@@ -44,7 +44,8 @@ def pareto_frame(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, met
     for t, run, value in finished_values(loaded, trials, tracker, metric_key, best):
         steps, batch = t.train.get("steps"), t.train.get("batch_size")
         flops = 3 * t.gflops * 1e9 * steps * batch / 1e15 if steps and batch and "epochs" not in t.train else math.nan
-        wall = (run.info.end_time - run.info.start_time) / 60000 if run.info.end_time else math.nan
+        seconds = run_seconds(run)  # the attempts' running time, without the gaps between them
+        wall = seconds / 60 if seconds is not None else math.nan
         label = " ".join(x for x in (t.variant, t.axes_text()) if x)
         rows.append({"dataset": t.dataset, "label": label, "seed": t.seed, "quality": value, "params": t.params,
                      "train_pflops": flops, "wall_min": wall, "diagnostic": t.diagnostic})
@@ -127,6 +128,6 @@ def write_pareto(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, out
     stem = f"pareto_{key}"
     agg = configurations(df, higher)
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv = out_dir / f"{stem}.csv"
+    csv = out_file(out_dir, f"{stem}.csv")
     agg.rename(columns={"quality": key}).to_csv(csv, index=False)
-    return [pareto_plot(agg, label, higher, caption, out_dir / f"{stem}.png"), csv]
+    return [pareto_plot(agg, label, higher, caption, out_file(out_dir, f"{stem}.png")), csv]

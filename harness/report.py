@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.spec import out_file
+
 MARKER = "<!-- harness: generated from the files in this folder below this line -->"
 
 
@@ -48,7 +50,7 @@ def appendix(out_dir: Path) -> str:
 
 def write_report(out_dir: Path, body: str) -> Path:
     """README.md = ``body`` + the marker + the appendix of the folder's files."""
-    path = out_dir / "README.md"
+    path = out_file(out_dir, "README.md")
     path.write_text(body.rstrip() + "\n\n" + MARKER + "\n\n" + appendix(out_dir))
     return path
 
@@ -141,7 +143,7 @@ def sample_gallery(trials: list, tracker, out_dir: Path, per_row: int = 4) -> tu
             with tempfile.TemporaryDirectory() as tmp:
                 got = Path(tracker.client.download_artifacts(run.info.run_id, last[0], tmp))
                 samples.mkdir(parents=True, exist_ok=True)
-                dest = samples / f"{t.config_hash}_{Path(last[0]).name}"
+                dest = out_file(samples, f"{t.config_hash}_{Path(last[0]).name}")
                 shutil.copyfile(got, dest)
             written.append(dest)
             kind = "interpolations" if "interp_" in prefix else f"step {int(Path(last[0]).stem.split('_')[-1]):,}"

@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from harness.spec import LoadedStudy, Trial
-from harness.tracking import Tracker
+from harness.spec import LoadedStudy, Trial, out_file
+from harness.tracking import Tracker, run_seconds
 
 # Dataset names as the paper's tables print them.
 PAPER_DATASET = {"cifar10": "CIFAR10", "artbench10": "Artbench10"}
@@ -49,7 +49,7 @@ def trial_histories(trials: list[Trial], tracker: Tracker, keys: list[str]) -> p
         for step, vals in sorted(per_step.items()):
             rows.append({"hash": t.config_hash, "variant": t.variant, "dataset": t.dataset, "seed": t.seed,
                          **{k.split(".")[-1]: v for k, v in t.axes.items()}, "step": step,
-                         "wall_s": (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None,
+                         "wall_s": run_seconds(run),
                          "diagnostic": t.diagnostic, **vals})
     return pd.DataFrame(rows)
 
@@ -62,7 +62,7 @@ def provenance(trials: list[Trial], tracker: Tracker) -> str:
         return "No finished trials yet."
     start = min(r.info.start_time for r in finished) / 1000
     end = max(r.info.end_time or r.info.start_time for r in finished) / 1000
-    busy = sum(((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000 for r in finished)
+    busy = sum(run_seconds(r) or 0.0 for r in finished)
     tags = finished[0].data.tags
     machine = tags.get("harness.machine", "unknown machine")
     versions = tags.get("harness.versions", "")
@@ -180,7 +180,7 @@ def write_study_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tracke
         written, body = write_settings_tables(loaded, trials, tracker, out_dir)
     elif s.table.kind == "best_checkpoint":
         written, body = _write_best_checkpoint(loaded, trials, tracker, out_dir)
-    else:
+    else:  # spec.TABLE_KINDS: refused when the study was loaded
         raise ValueError(f"unknown table kind {s.table.kind!r}")
     written += write_pareto(loaded, trials, tracker, out_dir)
     grids, gallery = sample_gallery(trials, tracker, out_dir)
@@ -202,18 +202,18 @@ def _write_best_checkpoint(loaded: LoadedStudy, trials: list[Trial], tracker: Tr
     prov = provenance(trials, tracker)
     figure = f"![{label} over training steps](fid_over_steps.png)"
     written = []
-    md = out_dir / "table1.md"
+    md = out_file(out_dir, "table1.md")
     md.write_text(f"# {s.name}: Table 1 ({loaded.profile} profile)\n\n{caption}\n\n{prov}\n\n"
                   f"{_markdown(shown)}\n\n{figure}\n")
     written.append(md)
-    csv = out_dir / "table1.csv"
+    csv = out_file(out_dir, "table1.csv")
     df.to_csv(csv, index=False)
     written.append(csv)
-    tex = out_dir / "table1.tex"
+    tex = out_file(out_dir, "table1.tex")
     tex.write_text(shown.to_latex(index=False, caption=caption.replace("_", r"\_"), label=f"tab:{s.name}"))
     written.append(tex)
     hist = trial_histories(trials, tracker, [dkey])
-    fig = fid_over_steps_plot(hist, dkey, label, caption, out_dir / "fid_over_steps.png")
+    fig = fid_over_steps_plot(hist, dkey, label, caption, out_file(out_dir, "fid_over_steps.png"))
     if fig:
         written.append(fig)
     body = [f"# {s.name} ({loaded.profile} profile)", "", " ".join(s.description.split()), "", caption, "", prov, "",

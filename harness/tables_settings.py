@@ -18,29 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.spec import LoadedStudy, Study, Trial
+from harness.spec import CLASSIFIER_METRICS, METRICS, LoadedStudy, Study, Trial, out_file
 from harness.tables import _markdown, paper_table, provenance
 from harness.tracking import Tracker
 
-# Table columns by the study's eval.metrics name: (label, the key the recipe logs). The paper's CSV names its
-# column <name>_<dataset>. Test-set values, as the papers report them.
-METRICS = {
-    "emd": ("EMD", "emd_test"),
-    "nll": ("NLL", "nll_test"),
-    "fid": ("FID", "fid"),
-    "kid": ("KID", "kid"),
-    "size": ("Size (gzip bytes)", "compressed_bytes"),
-    "params": ("Params", "params"),
-    "nonzero": ("Non-zero params", "nonzero_params"),
-    "inference": ("Inference ms/image", "inference_ms_per_image"),
-    "train_ms": ("Train ms/epoch", "train_ms_per_epoch"),
-    "accuracy": ("Val accuracy", "val_accuracy"),
-    "val_loss": ("Val loss", "val_loss"),
-    "train_accuracy": ("Train accuracy", "train_accuracy"),
-    "train_loss": ("Train loss", "train_loss"),
-}
-# With the classifier extractor, distances are in its feature space: never labelled FID/KID.
-CLASSIFIER_METRICS = {"fid": ("FD (classifier)", "fd_classifier"), "kid": ("KD (classifier)", "kd_classifier")}
+# METRICS and CLASSIFIER_METRICS (eval.metrics name -> column label and logged key) live with the study schema in
+# harness.spec, so names are checked when a study is loaded; they are drawn here.
 
 
 def metric_spec(name: str, extractor: str) -> tuple[str, str]:
@@ -374,10 +357,10 @@ def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
         if df.empty or name not in set(df.substudy):
             continue
         num, shown = substudy_table(df, name, list(part.datasets), metrics, paper, s.eval.extractor)
-        num.to_csv(out_dir / f"{name}.csv", index=False)
-        (out_dir / f"{name}.tex").write_text(shown.to_latex(index=False, caption=f"{s.name}: {name}",
-                                                            label=f"tab:{s.name}-{name}"))
-        written += [out_dir / f"{name}.csv", out_dir / f"{name}.tex"]
+        csv, tex = out_file(out_dir, f"{name}.csv"), out_file(out_dir, f"{name}.tex")
+        num.to_csv(csv, index=False)
+        tex.write_text(shown.to_latex(index=False, caption=f"{s.name}: {name}", label=f"tab:{s.name}-{name}"))
+        written += [csv, tex]
         desc = ", ".join(f"{k}" for k in part.axes) or "variants " + ", ".join(part.variants)
         unit, n = ("step", part.train["steps"]) if "steps" in part.train else ("epoch", part.train.get("epochs"))
         length = f"{n:,} {unit}{'s' if n != 1 else ''}" if isinstance(n, int) else f"? {unit}s"
@@ -387,14 +370,16 @@ def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
         sections += [f"Skipped: {r}." for r in reasons] + ([""] if reasons else [])
         if name in s.table.plots:
             for m in metrics:
-                fig = metric_plot(df, name, s.table.plots[name], m, by_hash, paper, out_dir / f"{name}_{m}.png",
+                fig = metric_plot(df, name, s.table.plots[name], m, by_hash, paper,
+                                  out_file(out_dir, f"{name}_{m}.png"),
                                   f"{s.name} [{loaded.profile}] {name}: mean ± sd over seeds; dashed: paper",
                                   s.eval.extractor)
                 if fig:
                     written.append(fig)
                     sections += [f"![{name} {m}]({fig.name})", ""]
         if name in s.table.curves:
-            fig = curves_plot(df, name, tuple(s.table.curves[name]), tracker, out_dir / f"{name}_curves.png",
+            fig = curves_plot(df, name, tuple(s.table.curves[name]), tracker,
+                              out_file(out_dir, f"{name}_curves.png"),
                               f"{s.name} [{loaded.profile}] {name}: over training steps, mean ± sd over seeds")
             if fig:
                 written.append(fig)
@@ -407,18 +392,19 @@ def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
         rows["substudy"] = combo
         datasets = list(dict.fromkeys(d for n, part in loaded.parts if n in names for d in part.datasets))
         num, shown = substudy_table(rows, combo, datasets, metrics, paper, s.eval.extractor)
-        num.to_csv(out_dir / f"{combo}.csv", index=False)
-        written.append(out_dir / f"{combo}.csv")
+        csv = out_file(out_dir, f"{combo}.csv")
+        num.to_csv(csv, index=False)
+        written.append(csv)
         sections += [f"## {combo}", "", f"Rows of {', '.join(names)}.", "", _markdown(shown), ""]
     if len(s.table.scatter) == 2:
         x, y = s.table.scatter
-        fig = scatter_plot(df, x, y, s.eval.extractor, paper, out_dir / f"{x}_vs_{y}.png",
+        fig = scatter_plot(df, x, y, s.eval.extractor, paper, out_file(out_dir, f"{x}_vs_{y}.png"),
                            f"{s.name} [{loaded.profile}]: every trial")
         if fig:
             written.append(fig)
             sections += [f"## {metric_spec(x, s.eval.extractor)[0]} against {metric_spec(y, s.eval.extractor)[0]}",
                          "", f"![scatter]({fig.name})", ""]
-    fig = points_figure(df, loaded, tracker, out_dir / "points.png")
+    fig = points_figure(df, loaded, tracker, out_file(out_dir, "points.png"))
     if fig:
         written.append(fig)
         sections += ["## Generated against real points", "", f"![generated vs real]({fig.name})", ""]

@@ -81,6 +81,15 @@ def test_trials_expand_grid_and_hash_is_stable(tmp_path):
         ({"budget": {"max_steps": 5}}, "max_steps=5"),
         ({"axes": {"lr": [1, 2]}}, "axes key 'lr'"),
         ({"train": {"mixed_precision": "fp8"}}, "mixed_precision"),
+        ({"eval": {**BASE["eval"], "sampler": "bogus"}}, "eval.sampler 'bogus' is not a sampler of recipe 'edm'"),
+        ({"eval": {**BASE["eval"], "metrics": ["fid", "fidd"]}}, "eval.metrics entry 'fidd' is not a known metric"),
+        ({"train": {"steps": 10**9, "batch_size": 8}}, "train.steps=1000000000 is too large: at most 999,999,999"),
+        ({"train": {"steps": 10, "batch_size": 8, "lr": float("inf")}}, "train.lr: inf is not a finite number"),
+        ({"train": {"steps": 10, "batch_size": 10**8}}, "needs at least"),
+        ({"table": {"combine": {"../x": ["a"]}}}, "table.combine key '../x' must be"),
+        ({"table": {"kind": "settings", "scatter": ["size", "nope"]}}, "table.scatter entry 'nope' is not a known"),
+        ({"table": {"plots": {"nope": "train.steps"}}}, "table.plots key 'nope' is not a substudy"),
+        ({"resources": {"ray_train": "never"}}, "resources.ray_train must be one of auto, always"),
     ],
 )
 def test_bad_study_content_names_file_and_key(tmp_path, patch, fragment):

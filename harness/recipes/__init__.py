@@ -32,6 +32,9 @@ class Recipe:
     # "module:function" writing sample (and interpolation) grids from a finished trial's checkpoint, for
     # `harness sample`: fn(trial: dict, state: dict, out_dir: Path, n: int, seed: int, **overrides) -> list[Path].
     sampler_fn: str | None = None
+    # The names eval.sampler may take, checked when the study is loaded; () when the recipe does not sample with
+    # eval.sampler (the value is then ignored).
+    eval_samplers: tuple[str, ...] = ()
 
     def load_trial_fn(self) -> Callable[..., Any]:
         return _resolve(self.trial_fn)

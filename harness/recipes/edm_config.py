@@ -13,6 +13,8 @@ from typing import Any
 from harness.recipes import Recipe, register_recipe
 from harness.recipes.speed import SpeedKeys
 
+SAMPLERS = ("dpmpp_2m", "heun", "euler")  # eval.sampler: harness.diffusion.edm.SAMPLERS (which imports torch)
+
 
 @dataclass(frozen=True)
 class EDMTrain(SpeedKeys):
@@ -58,5 +60,6 @@ register_recipe(Recipe(
     train_config=EDMTrain,
     trial_fn="harness.recipes.edm:train_edm",
     model_overrides=_model_overrides,
+    eval_samplers=SAMPLERS,
     description="EDM/Karras diffusion (k-diffusion v0.1.1 configs): soft-min-SNR loss, DPM-Solver++(2M) sampling",
 ))

@@ -9,6 +9,8 @@ from typing import Any
 from harness.recipes import Recipe, register_recipe
 from harness.recipes.speed import SpeedKeys
 
+SAMPLERS = ("euler_maruyama", "pc", "ode")  # eval.sampler: harness.diffusion.score.SAMPLERS (which imports torch)
+
 
 @dataclass(frozen=True)
 class CompressionKeys(SpeedKeys):
@@ -76,5 +78,6 @@ register_recipe(Recipe(
     trial_fn="harness.recipes.score:train_score",
     model_overrides=_model_overrides,
     training_view=ScoreTrain.training_view,
+    eval_samplers=SAMPLERS,
     description="VE-SDE denoising score matching (Song's tutorial) with EM, PC and ODE samplers; compression arms",
 ))

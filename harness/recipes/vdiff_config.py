@@ -58,6 +58,7 @@ register_recipe(Recipe(
     train_config=VDiffTrain,
     trial_fn="harness.recipes.vdiff:train_vdiff",
     model_overrides=image_model_overrides,
+    eval_samplers=tuple(SAMPLERS),
     description="continuous-time v-diffusion (Crowson) with CFG, Sobol timesteps, EMA, ancestral/DDIM sampling",
     sampler_fn="harness.recipes.vdiff:sample_grids",
 ))
