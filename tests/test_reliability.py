@@ -145,19 +145,31 @@ def test_a_study_whose_lock_is_held_is_refused_in_one_sentence_before_anything_s
     assert again.returncode == 0  # released with the block; a dry run never takes it
 
 
+def _long_study_at_its_first_checkpoint(tmp_path: Path, results: Path) -> tuple[subprocess.Popen, list[str]]:
+    """A one-trial null study of 3000 steps started in its own process group, once its first checkpoint exists;
+    returns the driver (stdout and stderr piped apart) and its arguments."""
+    study = null_study(tmp_path / "null.yaml", steps=3000, seeds=(0,), work=4, checkpoint_every=100)
+    args = ["study", str(study), "--results-dir", str(results)]
+    driver = subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=REPO, env=_env(),
+                              start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpts = results / "runs" / "nulltest"
+    try:
+        _wait_for(lambda: list(ckpts.glob("*/checkpoints/step_*.pt")), 240, driver, "its first checkpoint")
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
+        raise
+    return driver, args
+
+
 @pytest.mark.slow
 def test_a_second_driver_is_refused_and_a_dead_driver_holds_nothing(tmp_path):
     """Two drivers on one study and results directory both trained all trials; now the second is refused with one
     sentence naming the first, and after the first is killed outright the same command resumes: its open runs are
     closed as KILLED, no trial runs twice, and the resumed trial's running time leaves out the gap."""
     results = tmp_path / "results"
-    study = null_study(tmp_path / "null.yaml", steps=3000, seeds=(0,), work=4, checkpoint_every=100)
-    args = ["study", str(study), "--results-dir", str(results)]
-    first = subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=REPO, env=_env(),
-                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first, args = _long_study_at_its_first_checkpoint(tmp_path, results)
     try:
-        ckpts = results / "runs" / "nulltest"
-        _wait_for(lambda: list(ckpts.glob("*/checkpoints/step_*.pt")), 240, first, "its first checkpoint")
         second = harness(*args, timeout=120)
         assert second.returncode == 2, second.stdout + second.stderr
         err = second.stderr.strip()
@@ -188,13 +200,9 @@ def test_a_trial_process_killed_under_the_driver_is_interrupted_not_failed(tmp_p
     ('trial raised an error') and skipped by the rerun unless --retry-failed; now it is closed KILLED, the others
     go on, the study says so in one sentence, and the same command resumes it."""
     results = tmp_path / "results"
-    study = null_study(tmp_path / "null.yaml", steps=3000, seeds=(0,), work=4, checkpoint_every=100)
-    args = ["study", str(study), "--results-dir", str(results)]
-    driver = subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=REPO, env=_env(),
-                              start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver, args = _long_study_at_its_first_checkpoint(tmp_path, results)
     try:
         run_dir = results / "runs" / "nulltest"
-        _wait_for(lambda: list(run_dir.glob("*/checkpoints/step_*.pt")), 240, driver, "its first checkpoint")
         (pid_file,) = run_dir.glob("*/worker-0.pid")
         os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
         out, err = driver.communicate(timeout=180)
