@@ -42,7 +42,7 @@ def infrastructure_reason(error: BaseException | str | None) -> str | None:
         error = error.__cause__ or error.__context__
     if isinstance(error, str):
         texts.append(error)
-    text = "\n".join(texts)
+    text = " ".join(" ".join(texts).split())  # Ray wraps long messages over lines
     for needles, reason in INFRASTRUCTURE:
         if any(n in text for n in needles):
             return reason

@@ -283,9 +283,10 @@ def test_ray_giving_up_mid_study_is_one_sentence_and_leaves_the_runs_resumable(t
         ray.shutdown()
     assert res.exit_code == 2, res.output
     last = res.output.strip().splitlines()[-1]
-    assert last.startswith("error: Ray's memory monitor killed a trial process (the node ran low on memory) (Caught "
-                           "unexpected exception: 2 worker(s) were killed due to the node running low on memory.); "
-                           "the study's open runs are closed as KILLED: rerun the same command to resume"), res.output
+    assert last.startswith(
+        "error: Ray's memory monitor killed a trial process (the node ran low on memory) (RuntimeError: Caught "
+        "unexpected exception: 2 worker(s) were killed due to the node running low on memory.); the study's open "
+        "runs are closed as KILLED: rerun the same command to resume"), res.output
     c = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     runs = c.search_runs([c.get_experiment_by_name("block_sharing").experiment_id])
     assert runs and {r.info.status for r in runs} == {"KILLED"}
