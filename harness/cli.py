@@ -13,7 +13,7 @@ import click
 import yaml
 
 from harness.cli_fid import fid_weights
-from harness.errors import UserError, one_line
+from harness.errors import YAML_VALUE_ERRORS, UserError, unreadable_value
 
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError,)
 
@@ -49,9 +49,8 @@ def parse_sets(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        except (ValueError, TypeError, OverflowError, RecursionError) as e:  # e.g. a 100,000-digit number
-            why = "a number with too many digits for any setting" if "digits" in str(e) else one_line(e, 120)
-            raise UserError(f"--set {key[:80]!r}: cannot read its value ({why})") from None
+        except YAML_VALUE_ERRORS as e:  # e.g. a 100,000-digit number
+            raise UserError(f"--set {key[:80]!r}: cannot read its value ({unreadable_value(e)})") from None
         if isinstance(value, str) and _looks_like_float(value):
             value = float(value)  # YAML 1.1 reads "1e-4" as a string
         out[key] = value

@@ -1,8 +1,19 @@
 """User-caused errors. The CLI prints their message (one sentence) and exits non-zero, without a traceback."""
 
+import os
+
 
 class UserError(Exception):
     """An error the user can fix (bad study file, bad option, missing data or weights); the message says how."""
+
+
+# What yaml.safe_load raises, beyond YAMLError, on a value it cannot build (Python refuses int() past 4,300 digits)
+YAML_VALUE_ERRORS = (ValueError, TypeError, OverflowError, RecursionError)
+
+
+def unreadable_value(e: BaseException) -> str:
+    """Why YAML could not build a value (one of ``YAML_VALUE_ERRORS``), in words for a one-sentence error."""
+    return "a number with too many digits for any setting" if "digits" in str(e) else one_line(e, 200)
 
 
 def one_line(e: BaseException, limit: int = 300) -> str:
@@ -14,8 +25,10 @@ def one_line(e: BaseException, limit: int = 300) -> str:
 # What Ray, the kernel or the filesystem did to a trial, as opposed to what its recipe did: (text in the error, the
 # reason in words). A trial stopped by one of these is interrupted (closed as KILLED and resumed by the same command),
 # not failed. Checked in order; the first match names the reason.
+DISK_FULL = "the disk is full"
+LOW_DISK_BYTES = 64 << 20  # below this much free space, any write error is taken for a full disk
 INFRASTRUCTURE = (
-    (("No space left on device", "[Errno 28]", "database or disk is full", "ENOSPC"), "the disk is full"),
+    (("No space left on device", "[Errno 28]", "database or disk is full", "ENOSPC"), DISK_FULL),
     (("OutOfMemoryError", "running low on memory", "killed due to memory"),
      "Ray's memory monitor killed a trial process (the node ran low on memory)"),
     (("NodeDiedError", "node died", "Node died", "node was lost", "NodeDied"), "a Ray node was lost"),
@@ -47,3 +60,17 @@ def infrastructure_reason(error: BaseException | str | None) -> str | None:
         if any(n in text for n in needles):
             return reason
     return None
+
+
+def infrastructure_reason_at(error: BaseException, where: str | os.PathLike) -> str | None:
+    """``infrastructure_reason``, and a full disk for any error while the disk holding ``where`` has less than
+    ``LOW_DISK_BYTES`` free: torch.save on a full disk raises an opaque "unexpected pos" RuntimeError."""
+    import shutil
+
+    why = infrastructure_reason(error)
+    if why is None:
+        try:
+            why = DISK_FULL if shutil.disk_usage(where).free < LOW_DISK_BYTES else None
+        except OSError:
+            pass
+    return why

@@ -11,7 +11,6 @@ import dataclasses
 import fcntl
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -24,7 +23,7 @@ from typing import Any
 import yaml
 
 from harness.console import format_table
-from harness.errors import UserError, infrastructure_reason, one_line
+from harness.errors import DISK_FULL, UserError, infrastructure_reason_at, one_line
 from harness.spec import LoadedStudy, Trial, expand_trials, load_study
 from harness.tracking import (
     KIND_TRIAL,
@@ -337,7 +336,7 @@ def _disk_full_is_one_sentence(rdir: Path):
         raise
     except Exception as e:
         why = _infrastructure(e, rdir)
-        if not why or not why.startswith("the disk is full"):
+        if not why or not why.startswith(DISK_FULL):
             raise
         raise UserError(f"{why}: free space on the disk holding {rdir}, then rerun the same command to resume "
                         "(runs left open are closed as KILLED then)") from None
@@ -359,24 +358,15 @@ def _close_killed(callback, tracker: Tracker, parent: str) -> str:
 
 def _infrastructure(e: BaseException, rdir: Path) -> str | None:
     """Why the study stopped, when Ray or the machine stopped it: the error's own words, or a nearly full disk."""
-    why = infrastructure_reason(e)
-    if why is None and _disk_nearly_full(rdir):
-        why = "the disk is full"
+    why = infrastructure_reason_at(e, rdir)
     root = e
     while root.__cause__ is not None or root.__context__ is not None:  # the innermost error says it plainly
         root = root.__cause__ or root.__context__
     return f"{why} ({type(root).__name__}: {one_line(root, 160)})" if why else None
 
 
-def _disk_nearly_full(path: Path, below: int = 64 << 20) -> bool:
-    try:
-        return shutil.disk_usage(path).free < below
-    except OSError:
-        return False
-
-
 def _fix(why: str, rdir: Path) -> str:
-    return f"free space on the disk holding {rdir}, then " if why.startswith("the disk is full") else ""
+    return f"free space on the disk holding {rdir}, then " if why.startswith(DISK_FULL) else ""
 
 
 def _quiet_tune_logs() -> dict[str, int]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from harness.errors import UserError
+from harness.errors import YAML_VALUE_ERRORS, UserError, unreadable_value
 from zoo.registry import type_name, type_ok
 
 
@@ -290,9 +290,8 @@ def read_yaml(path: Path) -> dict:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or "invalid YAML"
         raise SpecError(f"{path}: YAML syntax error{at}: {problem}") from None
-    except (ValueError, TypeError, OverflowError, RecursionError) as e:  # e.g. a 100,000-digit number
-        why = "a number with too many digits for any setting" if "digits" in str(e) else _first_line(e)
-        raise SpecError(f"{path}: cannot read a value ({why})") from None
+    except YAML_VALUE_ERRORS as e:  # e.g. a 100,000-digit number
+        raise SpecError(f"{path}: cannot read a value ({unreadable_value(e)})") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a study file must be a mapping of keys, got {type(data).__name__}")
     return data

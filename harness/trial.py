@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from harness.errors import DISK_FULL, infrastructure_reason_at
+
 CHECKPOINTS_KEPT = 2
 TRAIN_POLL_S = 0.5  # Ray Train controller's worker polling interval (its default: 2 s)
 # the reports of the last two checkpoint intervals, this one's included: saved with a checkpoint, replayed on resume
@@ -42,21 +44,6 @@ class TrialFailed(RuntimeError):
 class DiskFull(OSError):
     """A trial stopped because its disk is full: resumable once space is freed (its message says "No space left on
     device", which the driver reads as an interruption, not a failure)."""
-
-
-def _disk_full(e: BaseException, where: Path, below: int = 64 << 20) -> bool:
-    """Whether ``e`` came from a full disk: ENOSPC in its chain, or any error while the disk holding ``where`` has
-    less than ``below`` bytes free (torch.save on a full disk raises an opaque "unexpected pos" RuntimeError)."""
-    import shutil
-
-    from harness.errors import infrastructure_reason
-
-    if (infrastructure_reason(e) or "").startswith("the disk is full"):
-        return True
-    try:
-        return shutil.disk_usage(where).free < below
-    except OSError:
-        return False
 
 
 class TrialSkipped(RuntimeError):
@@ -469,7 +456,7 @@ def _run_recipe(config: dict[str, Any], send, rank: int, world_size: int) -> Non
     except TrialSkipped as e:
         ctx.report(0, {}, tags={"harness.skipped": str(e)}, done=True)
     except Exception as e:
-        if _disk_full(e, ctx.run_dir):  # the machine's fault, not the recipe's: the driver closes it KILLED
+        if infrastructure_reason_at(e, ctx.run_dir) == DISK_FULL:  # the machine's fault: the driver closes it KILLED
             raise DiskFull(f"No space left on device under {ctx.run_dir} ({type(e).__name__}: {e})") from e
         if ctx.is_main:  # the reason the driver records in MLflow and the table
             failure.write_text(str(e) if isinstance(e, TrialFailed) else f"{type(e).__name__}: {e}")
