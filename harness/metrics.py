@@ -17,9 +17,9 @@ weights_only=False)`` on ``<cache_root>/*.pt``) and its Inception loader (the sa
 on files: the extraction, FID, KID and IS run through torch-fidelity's functions with the same arguments
 ``calculate_metrics`` would pass, so the values are the same. Reference features (and their FID statistics) are cached
 by this module as ``<cache_dir>/<name>.npz`` read with ``allow_pickle=False``. The name carries the extractor, a hash
-of its weight tensors, the caller's reference key, a digest of the reference tensor itself and n (DESIGN.md, pitfall
-5); the file also stores that key in full and a sha256 of each array, and one that fails to load or to match is
-ignored with a warning and rebuilt.
+of its weight tensors, the caller's reference key, a digest of the reference tensor itself and n (a name alone
+would serve one reference set's features for another); the file also stores that key in full and a sha256 of
+each array, and one that fails to load or to match is ignored with a warning and rebuilt.
 """
 
 from __future__ import annotations
