@@ -27,9 +27,9 @@ import torch_fidelity
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 from torchvision import datasets as tvd
 
-from harness import fid_weights
-from harness import metrics as M
-from harness.data import DataError, load_dataset
+from harness.eval import image_metrics as M
+from harness.eval import inception as fid_weights
+from harness.training.data import DataError, load_dataset
 
 SIZE = 16
 

@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.trial import (
+from harness.training.checkpoints import (
     CHECKPOINTS_KEPT,
     FALLBACK_TAG,
     IDENTITY_KEY,
     REPORT_KEY,
     CheckpointWarning,
-    TrialContext,
     checkpoint_step,
     list_checkpoints,
     load_newest_checkpoint,
 )
+from harness.training.context import TrialContext
 
 REPO = Path(__file__).resolve().parents[1]
 HASH_A, HASH_B = "a" * 16, "b" * 16
@@ -229,9 +229,9 @@ def test_a_checkpoint_from_before_identities_still_loads(tmp_path):
 
 def test_harness_sample_loads_the_newest_usable_checkpoint_and_refuses_in_one_sentence(tmp_path, monkeypatch):
     import harness.recipes
+    from harness.cli.sample import sample_study
     from harness.errors import UserError
-    from harness.sampling import sample_study
-    from harness.spec import expand_trials, load_study
+    from harness.study.spec import expand_trials, load_study
 
     study = REPO / "studies" / "classical_generator.yaml"
     t = expand_trials(load_study(study, "smoke", None))[0]
@@ -273,7 +273,7 @@ def test_a_study_rerun_resumes_past_a_corrupt_newest_checkpoint(tmp_path):
     import yaml
     from mlflow.tracking import MlflowClient
 
-    from harness.runner import run_study
+    from harness.run.driver import run_study
 
     study = {
         "name": "ckpt_fallback", "recipe": "null", "datasets": ["synthetic"], "variants": ["null"], "seeds": [0],

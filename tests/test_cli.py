@@ -6,7 +6,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from harness.cli import main
+from harness.cli.main import main
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "block_sharing.yaml"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.compare import compare_arms, markdown
+from harness.reporting.compare import compare_arms, markdown
 
 
 def frame(values: dict[str, list[float]], contexts=("a", "b")) -> pd.DataFrame:
@@ -54,7 +54,7 @@ def test_markdown_has_a_row_per_arm_and_the_caption():
 
 
 def test_pareto_front_keeps_exactly_the_undominated_points():
-    from harness.pareto import pareto_mask
+    from harness.reporting.pareto import pareto_mask
 
     cost = np.array([1, 2, 3, 4, 5, 2, np.nan])
     quality = np.array([5, 3, 4, 1, 1, 3, 0])  # (2, 3) twice: ties dominate neither; NaN is never on the front

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.compression import (
+from harness.eval.compression import (
     CompressionError,
     bnb_support,
     count_params,

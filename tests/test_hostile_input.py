@@ -21,11 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_preflight import FakeTracker, study_copy, tree
 
-import harness.runner as runner
-import harness.spec as spec
-from harness.cli import main
+import harness.run.driver as runner
+import harness.study.spec as spec
+from harness.cli.main import main
 from harness.errors import UserError
-from harness.spec import deep_merge, expand_trials, load_study
+from harness.study.spec import deep_merge, expand_trials, load_study
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = ["block_sharing", "toy_ddpm", "mnist_compression", "classical_constraints", "classical_generator"]
@@ -249,7 +249,7 @@ def _sane(loaded) -> None:
 def check_hostile_sets(tmp_path_factory, monkeypatch, case, command: str) -> None:
     """`harness study --dry-run` or `harness table` with the case's --set items: exit 0 or one sentence with exit 2,
     no exception but SystemExit, no file anywhere but under the results folder, and an accepted plan is sane."""
-    from harness.cli import parse_sets
+    from harness.cli.main import parse_sets
 
     name, profile, sets, edits = case
     tmp = tmp_path_factory.mktemp("sets")

@@ -1,4 +1,4 @@
-"""harness.metrics end to end through the real torch-fidelity path, offline.
+"""harness.eval.image_metrics end to end through the real torch-fidelity path, offline.
 
 Feature spaces here are a classifier trained on synthetic patterns and a *randomly initialised* Inception: only
 properties are checked (self-distance ~0, a shifted set is farther than a fresh sample, caching), never values,
@@ -17,7 +17,7 @@ import torch
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 from torch import nn
 
-from harness import metrics as M
+from harness.eval import image_metrics as M
 
 SIZE = 16
 

@@ -1,4 +1,4 @@
-"""Toy 3-D point clouds (harness.points) and the homework's metrics (harness.point_metrics).
+"""Toy 3-D point clouds (harness.training.point_clouds) and the homework's metrics (harness.eval.point_metrics).
 
 No file from shared/ is read: files in the homework's and the harness's layouts are written to tmp_path from the
 seeded generators. The metric oracles are spec 3.3's numbers, measured on the real files ("generator = random train
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness.data import DataError
 from harness.errors import UserError
-from harness.point_metrics import emd, emd_indices, emd_subsample, evaluate_points, gaussian_nll
-from harness.points import GENERATORS, POINT_DATASETS, PointData, load_points
+from harness.eval.point_metrics import emd, emd_indices, emd_subsample, evaluate_points, gaussian_nll
+from harness.training.data import DataError
+from harness.training.point_clouds import GENERATORS, POINT_DATASETS, PointData, load_points
 
 # sha256 of the generated float32 bytes (seed 0). A change means every machine's stand-in data changed.
 GOLDEN = {

@@ -11,11 +11,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-import harness.runner as runner
-import harness.spec as spec
-from harness.cli import main
+import harness.run.driver as runner
+import harness.study.spec as spec
+from harness.cli.main import main
 from harness.errors import UserError
-from harness.spec import SpecError, load_study, out_file, safe_component
+from harness.study.spec import SpecError, load_study, out_file, safe_component
 
 REPO = Path(__file__).resolve().parents[1]
 GIB = 2**30
@@ -326,7 +326,7 @@ def test_every_enumerated_train_key_is_checked_at_load():
     import typing
 
     from harness.recipes import get_recipe, recipe_names
-    from harness.spec import check_train, from_dict
+    from harness.study.spec import check_train, from_dict
 
     for name in recipe_names():
         cls = get_recipe(name).train_config

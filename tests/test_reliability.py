@@ -129,7 +129,7 @@ def _wait_for(cond, timeout: float, proc: subprocess.Popen | None = None, what: 
 
 def test_a_study_whose_lock_is_held_is_refused_in_one_sentence_before_anything_starts(tmp_path):
     """The fast form of the next test: the lock held by this process, the CLI refuses and opens no run."""
-    from harness.runner import study_lock
+    from harness.run.driver import study_lock
 
     results = tmp_path / "results"
     results.mkdir()

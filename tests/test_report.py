@@ -1,11 +1,12 @@
-"""The study report (harness.report): the paper's ranking beside ours, and the appendix made from the folder."""
+"""The study report (harness.reporting.report): the paper's ranking beside ours, and the appendix made from the
+folder."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from harness.report import MARKER, appendix, beside_paper, refresh_appendix, write_report
+from harness.reporting.report import MARKER, appendix, beside_paper, refresh_appendix, write_report
 
 PAPER = pd.DataFrame({"dataset": ["CIFAR10"] * 3 + ["Artbench10"] * 3, "variant": ["A", "B", "C"] * 2,
                       "fid": [30.0, 40.0, 20.0, 10.0, 30.0, 20.0]})

@@ -107,7 +107,7 @@ def test_unshared_results_directory_is_refused_with_the_nodes_named(tmp_path):
     import ray
 
     from harness.errors import UserError
-    from harness.runner import check_shared_storage
+    from harness.run.driver import check_shared_storage
 
     class Remote:  # a node whose filesystem does not have the driver's files
         def remote(self, path, data_root):
@@ -234,7 +234,7 @@ def test_a_checkpoint_carries_the_reports_of_two_intervals_and_resuming_replays_
     saved after them carry them, so a resumed trial sends each again (the driver drops steps it already has)."""
     import torch
 
-    from harness.trial import TrialContext
+    from harness.training.context import TrialContext
 
     paths = {"run_dir": str(tmp_path / "run"), "cache_dir": str(tmp_path / "cache"), "data_root": str(tmp_path)}
     sent: list[int] = []
@@ -268,7 +268,7 @@ def test_ray_giving_up_mid_study_is_one_sentence_and_leaves_the_runs_resumable(t
     from click.testing import CliRunner
     from ray import tune
 
-    from harness.cli import main
+    from harness.cli.main import main
 
     def fit(self):
         raise RuntimeError("Caught unexpected exception: 2 worker(s) were killed due to the node running low on\n"

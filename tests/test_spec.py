@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.spec import SpecError, expand_trials, load_study
+from harness.study.spec import SpecError, expand_trials, load_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -146,7 +146,7 @@ def test_substudy_cannot_set_study_wide_keys(tmp_path):
 
 
 def test_auto_extractor_is_resolved_at_load_and_hashed_as_resolved(tmp_path, monkeypatch):
-    import harness.metrics as M
+    import harness.eval.image_metrics as M
 
     p = write(tmp_path, {**BASE, "eval": {**BASE["eval"], "extractor": "auto"}})
     monkeypatch.setattr(M, "inception_available", lambda weights=None: False)
@@ -177,8 +177,8 @@ def test_unknown_extractor_is_one_sentence(tmp_path):
 
 
 def test_inception_available_sees_each_source(tmp_path, monkeypatch):
-    import harness.fid_weights as W
-    import harness.metrics as M
+    import harness.eval.image_metrics as M
+    import harness.eval.inception as W
 
     monkeypatch.setattr(M, "default_inception_weights", lambda: tmp_path / "none.pth")
     monkeypatch.setattr(W, "where", lambda cache=None: None)

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import zoo
-from harness.recipes.speed import SpeedKeys, optimizer, prepare_model, speed_keys, to_format
-from harness.spec import SpecError, expand_trials, load_study
-from harness.trial import BackgroundReports, TrialContext
+from harness.run.tune_trial import BackgroundReports
+from harness.study.spec import SpecError, expand_trials, load_study
+from harness.training.context import TrialContext
+from harness.training.speed import SpeedKeys, optimizer, prepare_model, speed_keys, to_format
 from zoo.layers import Dropout, dropout, dropout_mask
 
 REPO = Path(__file__).resolve().parents[1]
@@ -201,7 +202,7 @@ def test_data_wait_share_is_the_time_in_data_blocks_over_the_window(tmp_path):
 
 
 def test_recipes_report_data_wait_in_the_training_windows(tmp_path):
-    from harness.bench_runs import training_windows
+    from harness.bench.runs import training_windows
 
     _trial, reports = training_windows(REPO / "studies" / "block_sharing.yaml", "smoke", {}, 2, 2, tmp_path)
     assert len(reports) == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from harness.sysmetrics import SystemSampler
+from harness.run.sysmetrics import SystemSampler
 
 
 def _check(got: dict[str, float]) -> None:

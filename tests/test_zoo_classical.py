@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from torch import nn
 
 import zoo
-from harness.cli import main
+from harness.cli.main import main
 from zoo import ZooError
 from zoo.classical import ClassicalDiscConfig, FourierPositions, GatedFFN, fourier_positions
 from zoo.dcgan import DCGANConfig

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 import zoo
-from harness.cli import main, parse_sets
+from harness.cli.main import main, parse_sets
 
 PAPER_NAMES = ["D16", "D8", "D1S16", "D1S8", "D2S4I", "D2S4UI", "D2S8I", "D2S8UI"]
 REFERENCE_EXTRA = ["D4S2I", "D4S2UI", "D4S4I", "D4S4UI", "D8S2I", "D8S2UI"]

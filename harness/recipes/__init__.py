@@ -25,7 +25,7 @@ class Recipe:
     description: str = ""
     # "module:function" loading a dataset split as fn(name, data_section, split, download): the driver calls it once
     # per dataset before anything starts, so missing data fails early with one sentence.
-    data_loader: str = "harness.data:load_study_data"
+    data_loader: str = "harness.training.data:load_study_data"
     # The train section as training sees it, without keys applied only after training (pruning, post-training
     # quantisation): trials equal under it share one trained model (spec.Trial.train_hash). None: no sharing.
     training_view: Callable[[dict], dict] | None = None
@@ -48,7 +48,7 @@ class Recipe:
 
 def image_model_overrides(model: dict, dataset: str, data: dict, train: dict | None = None) -> dict[str, Any]:
     """Image channels, size and classes from the dataset unless the study's model section sets them."""
-    from harness.data import image_meta
+    from harness.training.data import image_meta
 
     c, h, _w, k = image_meta(dataset, data)
     return {"in_channels": c, "input_size": h, "num_classes": k, **model}
@@ -59,8 +59,8 @@ def start_trial(trial: dict[str, Any], ctx: Any, mixed_precision: str = "no") ->
     split, model in the study's memory format, model config), with torch's global RNG seeded per rank too."""
     import torch
 
-    from harness.data import load_study_data
-    from harness.recipes.speed import prepare_model
+    from harness.training.data import load_study_data
+    from harness.training.speed import prepare_model
 
     acc = ctx.accelerator(mixed_precision, compile=trial["train"].get("compile"))
     seed = int(trial["seed"])

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.trial import TrialContext, TrialFailed
+from harness.training.context import TrialContext, TrialFailed
 
 
 class BatchAugment:
@@ -115,10 +115,10 @@ def evaluate(model: nn.Module, data, norm, batch_size: int, device) -> dict[str,
 
 
 def train_classify(trial: dict[str, Any], ctx: TrialContext) -> None:
-    from harness.data import TensorBatches, load_study_data
     from harness.recipes import param_groups, trial_model
     from harness.recipes.classify_config import ClassifyTrain
-    from harness.recipes.speed import optimizer, prepare_model, to_format
+    from harness.training.data import TensorBatches, load_study_data
+    from harness.training.speed import optimizer, prepare_model, to_format
 
     cfg = ClassifyTrain(**{k: tuple(v) if isinstance(v, list) else v for k, v in trial["train"].items()})
     acc = ctx.accelerator(cfg.mixed_precision, compile=cfg.compile)

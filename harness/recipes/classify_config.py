@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.recipes import Recipe, image_model_overrides, register_recipe
-from harness.recipes.speed import SpeedKeys
+from harness.training.speed import SpeedKeys
 
 LR_RULES = ("steepest", "min_tenth")  # range test -> peak LR: steepest descent of the loss, or a tenth of the minimum
 

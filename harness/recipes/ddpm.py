@@ -3,7 +3,7 @@
 As the CS 726 homework: the train split z-scored with its own statistics, shuffled mini-batches of 1024 for a number
 of epochs, the epsilon-MSE loss with t uniform on {0..T-1}, Adam. After the last epoch, `n = len(test)` points are
 sampled ancestrally three times and scored with EMD (128 random points) and the Gaussian-kernel NLL against the test
-and train sets (harness.point_metrics); the generated points of the last run are kept as an artifact.
+and train sets (harness.eval.point_metrics); the generated points of the last run are kept as an artifact.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.trial import TrialContext, TrialFailed
+from harness.training.context import TrialContext, TrialFailed
 
 
 def train_ddpm(trial: dict[str, Any], ctx: TrialContext) -> None:
     from harness.diffusion.ddpm import DDPM
-    from harness.points import load_study_points
     from harness.recipes import trial_model
     from harness.recipes.ddpm_config import DDPMTrain
-    from harness.recipes.speed import optimizer
+    from harness.training.point_clouds import load_study_points
+    from harness.training.speed import optimizer
 
     cfg = DDPMTrain(**trial["train"])
     ev = trial["eval"]
@@ -95,7 +95,7 @@ def train_ddpm(trial: dict[str, Any], ctx: TrialContext) -> None:
 
 def _evaluate(model, ddpm, cfg, ev: dict[str, Any], train, test, seed: int, ctx: TrialContext):
     """EMD and NLL over `runs` sampling runs (homework eval.py), the sampling time, and the generated points."""
-    from harness.point_metrics import evaluate_points
+    from harness.eval.point_metrics import evaluate_points
 
     model.eval()
     last: dict[str, torch.Tensor] = {}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.recipes import Recipe, register_recipe
-from harness.recipes.speed import SpeedKeys
+from harness.training.speed import SpeedKeys
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,6 @@ register_recipe(Recipe(
     train_config=DDPMTrain,
     trial_fn="harness.recipes.ddpm:train_ddpm",
     model_overrides=_model_overrides,
-    data_loader="harness.points:load_study_points",
+    data_loader="harness.training.point_clouds:load_study_points",
     description="discrete DDPM (epsilon-MSE, ancestral sampling) on 3-D point clouds, scored by EMD and NLL",
 ))

@@ -11,17 +11,17 @@ from typing import Any
 
 import torch
 
-from harness.trial import TrialContext
+from harness.training.context import TrialContext
 
 
 def train_ddpm_image(trial: dict[str, Any], ctx: TrialContext) -> None:
-    from harness.data import TensorBatches, load_study_data
     from harness.diffusion.ddpm import DDPM
     from harness.diffusion.edm import ema_update
     from harness.recipes import restore, trial_model
+    from harness.recipes.compression_eval import check_arm, end_epoch, report_final
     from harness.recipes.ddpm_image_config import DDPMImageTrain
-    from harness.recipes.measure import check_arm, end_epoch, report_final
-    from harness.recipes.speed import optimizer, prepare_model, to_format
+    from harness.training.data import TensorBatches, load_study_data
+    from harness.training.speed import optimizer, prepare_model, to_format
 
     cfg = DDPMImageTrain(**trial["train"])
     acc = ctx.accelerator(cfg.mixed_precision, compile=cfg.compile)
@@ -81,8 +81,8 @@ def train_ddpm_image(trial: dict[str, Any], ctx: TrialContext) -> None:
 
 def _finish(model, model_cfg, cfg, ddpm, ev: dict[str, Any], train, test, ctx: TrialContext, seed: int):
     """Compression, measurements and guided samples of the trained (or EMA) model."""
-    from harness.data import to_uint8
-    from harness.recipes.measure import compress, image_quality, inference_ms_per_image, save_grid
+    from harness.recipes.compression_eval import compress, image_quality, inference_ms_per_image, save_grid
+    from harness.training.data import to_uint8
 
     model, metrics = compress(model.eval(), cfg, seed)
     shape = (model_cfg.in_channels, model_cfg.input_size, model_cfg.input_size)

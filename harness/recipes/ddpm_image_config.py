@@ -39,7 +39,7 @@ class DDPMImageTrain(CompressionKeys):
 
 
 def _model_overrides(model: dict, dataset: str, data: dict, train: dict | None = None) -> dict[str, Any]:
-    from harness.data import image_meta
+    from harness.training.data import image_meta
 
     c, h, _w, k = image_meta(dataset, data)
     return {"in_channels": c, "out_channels": c, "input_size": h, "num_classes": k, **model}

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.trial import TrialContext, TrialFailed
+from harness.training.context import TrialContext, TrialFailed
 
 
 class _LossModule(nn.Module):
@@ -38,14 +38,14 @@ class _LossModule(nn.Module):
 
 
 def _load_data(trial: dict[str, Any], ctx: TrialContext, split: str):
-    from harness.data import load_study_data
+    from harness.training.data import load_study_data
 
     return load_study_data(trial["dataset"], {**trial["data"], "root": str(ctx.data_root)}, split)
 
 
 def _heldout(trial: dict[str, Any], ctx: TrialContext, train):
     """The test split for the held-out denoising loss; the training data when a dataset has no test split."""
-    from harness.data import DataError
+    from harness.training.data import DataError
 
     try:
         return _load_data(trial, ctx, "test")
@@ -59,12 +59,12 @@ def _rng_state(gen: torch.Generator) -> dict[str, Any]:
 
 def train_edm(trial: dict[str, Any], ctx: TrialContext) -> None:
     """Train one block-sharing (or any EDM-preconditioned) model; see the module docstring."""
-    from harness.data import TensorBatches, shard_slice
     from harness.diffusion.augment import KarrasAugment
     from harness.diffusion.edm import dropout_classes, ema_decay, ema_update, sample_sigmas_train
     from harness.recipes import trial_model
     from harness.recipes.edm_config import EDMTrain
-    from harness.recipes.speed import optimizer, prepare_model, to_format
+    from harness.training.data import TensorBatches, shard_slice
+    from harness.training.speed import optimizer, prepare_model, to_format
 
     cfg = EDMTrain(**{k: tuple(v) if isinstance(v, list) else v for k, v in trial["train"].items()})
     acc = ctx.accelerator(cfg.mixed_precision, cfg.grad_accum, compile=cfg.compile)
@@ -168,8 +168,8 @@ def evaluate(ema: nn.Module, trial: dict[str, Any], ctx: TrialContext, train, st
     and a sample grid. Returns (metrics, artifact paths, tags)."""
     from torchvision.utils import save_image
 
-    from harness.data import to_uint8
     from harness.diffusion.edm import denoising_loss_at, generate
+    from harness.training.data import to_uint8
 
     ev = trial["eval"]
     cfg = ema.config
@@ -190,7 +190,7 @@ def evaluate(ema: nn.Module, trial: dict[str, Any], ctx: TrialContext, train, st
     save_image((samples[:k] + 1) / 2, grid_path, nrow=int(math.ceil(math.sqrt(k))))
     wanted = set(ev["metrics"])
     if wanted & {"fid", "kid"}:
-        from harness.metrics import image_distance, train_classifier_extractor
+        from harness.eval.image_metrics import image_distance, train_classifier_extractor
 
         # Reference: a fixed random subset of unaugmented training images, as many as samples (spec, Evaluation).
         idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n]
@@ -213,7 +213,7 @@ def evaluate(ema: nn.Module, trial: dict[str, Any], ctx: TrialContext, train, st
     if "denoise_loss" in wanted:
         held = _heldout(trial, ctx, train)
         x_held = held.x[: min(len(held), 512)]
-        from harness.data import to_unit
+        from harness.training.data import to_unit
 
         labels = held.y[: len(x_held)] if cfg.num_classes else None
         for sigma, value in denoising_loss_at(ema, to_unit(x_held), class_labels=labels).items():

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.recipes import Recipe, register_recipe
-from harness.recipes.speed import SpeedKeys
+from harness.training.speed import SpeedKeys
 
 SAMPLERS = ("dpmpp_2m", "heun", "euler")  # eval.sampler: harness.diffusion.edm.SAMPLERS (which imports torch)
 
@@ -47,7 +47,7 @@ class EDMTrain(SpeedKeys):
 
 def _model_overrides(model: dict, dataset: str, data: dict, train: dict | None = None) -> dict[str, Any]:
     """Image shape and classes come from the dataset unless the study sets them."""
-    from harness.data import image_meta
+    from harness.training.data import image_meta
 
     c, h, _w, classes = image_meta(dataset, data)
     out = {"in_channels": c, "input_size": h, "num_classes": classes}

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from harness.trial import TrialContext, TrialFailed
+from harness.training.context import TrialContext, TrialFailed
 
 
 def _config(trial: dict[str, Any]):
@@ -28,7 +28,7 @@ def _config(trial: dict[str, Any]):
 
 def make_sampler(generator, model_cfg):
     """(n, labels, torch generator) -> (uint8 images, NFE = 1) from a generator network."""
-    from harness.data import to_uint8
+    from harness.training.data import to_uint8
 
     @torch.no_grad()
     def sample(n: int, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, int]:
@@ -40,11 +40,11 @@ def make_sampler(generator, model_cfg):
 
 
 def train_gan(trial: dict[str, Any], ctx: TrialContext) -> None:
-    from harness.data import TensorBatches
     from harness.diffusion.edm import ema_update
     from harness.recipes import start_trial
     from harness.recipes.generator_eval import evaluate_generator
-    from harness.recipes.speed import optimizer, to_format
+    from harness.training.data import TensorBatches
+    from harness.training.speed import optimizer, to_format
 
     cfg = _config(trial)
     ev = trial["eval"]
@@ -139,8 +139,8 @@ def sample_grids(trial: dict[str, Any], state: dict[str, Any], out_dir: Path, n:
                  **_ignored: Any) -> list[Path]:
     """`harness sample`: n class-balanced samples from a checkpoint's EMA generator."""
     from harness.recipes import trial_model
+    from harness.recipes.compression_eval import grid_png
     from harness.recipes.generator_eval import balanced_sampler
-    from harness.recipes.measure import grid_png
 
     model, model_cfg = trial_model(trial)
     model.generator.load_state_dict(state["g_ema"])

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from harness.trial import TrialContext
+from harness.training.context import TrialContext
 
 # (n, labels (n,), generator) -> (uint8 images (n, C, H, W), NFE per image)
 LabelledSampler = Callable[[int, torch.Tensor, torch.Generator], tuple[torch.Tensor, int]]
@@ -32,7 +32,7 @@ def evaluate_generator(sample: LabelledSampler, num_classes: int, trial: dict[st
                        step: int) -> tuple[dict[str, float], list[str], dict[str, str]]:
     """n class-balanced samples (eval.n_samples, in batches of eval.batch_size, a fixed noise seed so evaluations
     are comparable over training), their grid, and distances to the first n training images."""
-    from harness.recipes.measure import grid_png, image_quality
+    from harness.recipes.compression_eval import grid_png, image_quality
 
     ev = trial["eval"]
     nfe: dict[str, int] = {}

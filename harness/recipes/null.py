@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from harness.trial import TrialContext
+from harness.training.context import TrialContext
 
 
 def train_null(trial: dict[str, Any], ctx: TrialContext) -> None:

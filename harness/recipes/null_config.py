@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.recipes import Recipe, register_recipe
-from harness.recipes.speed import SpeedKeys
+from harness.training.speed import SpeedKeys
 
 WORK_SIZE = 256  # side of the square fp32 matmuls a step does ``work`` times
 

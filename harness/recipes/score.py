@@ -13,17 +13,17 @@ from typing import Any
 
 import torch
 
-from harness.trial import TrialContext, TrialFailed
+from harness.training.context import TrialContext, TrialFailed
 
 
 def train_score(trial: dict[str, Any], ctx: TrialContext) -> None:
-    from harness.data import TensorBatches, load_study_data
     from harness.diffusion.edm import ema_update
     from harness.diffusion.score import SAMPLERS, dsm_loss
     from harness.recipes import restore, trial_model
-    from harness.recipes.measure import check_arm, end_epoch, report_final
+    from harness.recipes.compression_eval import check_arm, end_epoch, report_final
     from harness.recipes.score_config import ScoreTrain
-    from harness.recipes.speed import optimizer, prepare_model, to_format
+    from harness.training.data import TensorBatches, load_study_data
+    from harness.training.speed import optimizer, prepare_model, to_format
 
     cfg = ScoreTrain(**trial["train"])
     ev = trial["eval"]
@@ -74,9 +74,9 @@ def train_score(trial: dict[str, Any], ctx: TrialContext) -> None:
 
 def _finish(model, model_cfg, cfg, ev: dict[str, Any], train, test, ctx: TrialContext, seed: int):
     """Compression, measurements and samples of the trained (or EMA) model."""
-    from harness.data import to_uint8
     from harness.diffusion.score import SAMPLERS
-    from harness.recipes.measure import compress, image_quality, inference_ms_per_image, save_grid
+    from harness.recipes.compression_eval import compress, image_quality, inference_ms_per_image, save_grid
+    from harness.training.data import to_uint8
 
     model, metrics = compress(model.eval(), cfg, seed)
     shape = (model_cfg.in_channels, model_cfg.input_size, model_cfg.input_size)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.recipes import Recipe, register_recipe
-from harness.recipes.speed import SpeedKeys
+from harness.training.speed import SpeedKeys
 
 SAMPLERS = ("euler_maruyama", "pc", "ode")  # eval.sampler: harness.diffusion.score.SAMPLERS (which imports torch)
 
@@ -17,7 +17,7 @@ class CompressionKeys(SpeedKeys):
     """Post-training compression and EMA, shared by the compression study's recipes."""
 
     ema_decay: float | None = None  # None: no EMA; the report's "+ EMA" arms set e.g. 0.995
-    prune_method: str | None = None  # random | l1 (harness.compression); None: no pruning
+    prune_method: str | None = None  # random | l1 (harness.eval.compression); None: no pruning
     prune_amount: float = 0.0
     prune_set: str = "global"  # global | middle | extremes
     quantize: str = "none"  # none | int8_dynamic | bnb8 | bnb4
@@ -34,8 +34,8 @@ class CompressionKeys(SpeedKeys):
         return view
 
     def _check_compression(self) -> None:
-        from harness.compression import MODULE_SETS, PRUNE_METHODS
-        from harness.recipes.measure import QUANTIZE
+        from harness.eval.compression import MODULE_SETS, PRUNE_METHODS
+        from harness.recipes.compression_eval import QUANTIZE
 
         if self.prune_method is not None and self.prune_method not in PRUNE_METHODS:
             raise ValueError(f"prune_method must be one of {', '.join(PRUNE_METHODS)}, got {self.prune_method!r}")
@@ -66,7 +66,7 @@ class ScoreTrain(CompressionKeys):
 
 
 def _model_overrides(model: dict, dataset: str, data: dict, train: dict | None = None) -> dict[str, Any]:
-    from harness.data import image_meta
+    from harness.training.data import image_meta
 
     c, h, _w, _k = image_meta(dataset, data)
     return {"in_channels": c, "input_size": h, **model}

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from harness.trial import TrialContext, TrialFailed
+from harness.training.context import TrialContext, TrialFailed
 
 
 def _config(trial: dict[str, Any]):
@@ -29,9 +29,9 @@ def _config(trial: dict[str, Any]):
 
 def make_sampler(model, model_cfg, cfg, sampler: str, steps: int):
     """(n, labels, generator) -> (uint8 images, NFE per image) from ``model`` with the recipe's guidance."""
-    from harness.data import to_uint8
     from harness.diffusion import vdiff
     from harness.recipes.vdiff_config import SAMPLERS
+    from harness.training.data import to_uint8
 
     if sampler not in SAMPLERS:
         raise TrialFailed(f"eval.sampler {sampler!r} is not a v-diffusion sampler; use one of {', '.join(SAMPLERS)}")
@@ -65,13 +65,13 @@ def interpolation_grid(sample, model_cfg, rows: int, cols: int, seed: int) -> to
 
 
 def train_vdiff(trial: dict[str, Any], ctx: TrialContext) -> None:
-    from harness.data import TensorBatches
     from harness.diffusion.edm import ema_update
     from harness.diffusion.vdiff import sobol_engine, sobol_t, v_loss
     from harness.recipes import param_groups, start_trial
+    from harness.recipes.compression_eval import grid_png
     from harness.recipes.generator_eval import evaluate_generator
-    from harness.recipes.measure import grid_png
-    from harness.recipes.speed import optimizer, to_format
+    from harness.training.data import TensorBatches
+    from harness.training.speed import optimizer, to_format
 
     cfg = _config(trial)
     ev = trial["eval"]
@@ -163,8 +163,8 @@ def sample_grids(trial: dict[str, Any], state: dict[str, Any], out_dir: Path, n:
     import dataclasses
 
     from harness.recipes import trial_model
+    from harness.recipes.compression_eval import grid_png
     from harness.recipes.generator_eval import balanced_sampler
-    from harness.recipes.measure import grid_png
 
     cfg = _config(trial)
     if w is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.recipes import Recipe, image_model_overrides, register_recipe
-from harness.recipes.speed import SpeedKeys
+from harness.training.speed import SpeedKeys
 
 SAMPLERS = {"ancestral": 1.0, "ddim": 0.0}  # eval.sampler -> eta
 

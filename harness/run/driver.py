@@ -24,7 +24,7 @@ import yaml
 
 from harness.console import format_table
 from harness.errors import DISK_FULL, UserError, infrastructure_reason_at, one_line
-from harness.spec import LoadedStudy, Trial, expand_trials, load_study
+from harness.study.spec import LoadedStudy, Trial, expand_trials, load_study
 from harness.tracking import (
     KIND_TRIAL,
     RUNNING_S,
@@ -175,7 +175,7 @@ def run_study(
 
 
 def _write_tables(plan: Plan, tracker: Tracker, rdir: Path, parent: str | None, echo: Echo) -> None:
-    from harness.tables import write_study_tables
+    from harness.reporting.tables import write_study_tables
 
     loaded = plan.loaded
     out_dir = rdir / loaded.study.name / loaded.profile
@@ -221,8 +221,8 @@ def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, add
     _quiet_ray()
     from ray import tune
 
-    from harness.progress import Progress, StudyCallback
-    from harness.trial import tune_trial
+    from harness.run.progress import Progress, StudyCallback
+    from harness.run.tune_trial import tune_trial
 
     loaded, s = plan.loaded, plan.loaded.study
     _ray_init(address)  # before any run is opened: an unreachable cluster or unshared storage leaves no run
@@ -416,7 +416,7 @@ def _trial_config(t: Trial, loaded: LoadedStudy, rdir: Path, data_hash: str = ""
 
 
 def _machine() -> str:
-    from harness.bench import machine_info
+    from harness.run.machine import machine_info
 
     m = machine_info()
     return f"{m['cpu']}, {m['cores']} cores, {m['memory']}"
@@ -611,7 +611,7 @@ def _open_store(path, profile, sets, tracking_uri, results_dir) -> tuple[LoadedS
 
 def write_tables(path, profile=None, sets=None, tracking_uri=None, results_dir=None, echo: Echo = print) -> list[Path]:
     """`harness table`: regenerate tables and plots from MLflow without training."""
-    from harness.tables import write_study_tables
+    from harness.reporting.tables import write_study_tables
 
     loaded, trials, rdir, tracker = _open_store(path, profile, sets, tracking_uri, results_dir)
     written = write_study_tables(loaded, trials, tracker, rdir)
@@ -623,12 +623,12 @@ def write_tables(path, profile=None, sets=None, tracking_uri=None, results_dir=N
 def compare_study(path, by: str, metric: str | None = None, baseline: str | None = None, profile=None, sets=None,
                   tracking_uri=None, results_dir=None, substudy: str | None = None, echo: Echo = print):
     """`harness compare`: arms of ``by`` against the baseline arm, written beside the study's tables."""
-    from harness.compare import run_compare
+    from harness.reporting.compare import run_compare
 
     loaded, trials, rdir, tracker = _open_store(path, profile, sets, tracking_uri, results_dir)
     out_dir = rdir / loaded.study.name / loaded.profile
     res, text, written = run_compare(loaded, trials, tracker, by, metric, baseline, out_dir, substudy)
-    from harness.report import refresh_appendix
+    from harness.reporting.report import refresh_appendix
 
     report = refresh_appendix(out_dir)  # the report lists the comparison too
     written += [report] if report else []

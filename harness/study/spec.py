@@ -392,7 +392,7 @@ EXTRACTORS = ("inception", "classifier", "auto")
 TABLE_KINDS = ("best_checkpoint", "settings")
 RAY_TRAIN = ("auto", "always")
 # Table columns by the study's eval.metrics name: (label, the key the recipe logs). The paper's CSV names its
-# column <name>_<dataset>. Test-set values, as the papers report them. (harness.tables_settings draws them.)
+# column <name>_<dataset>. Test-set values, as the papers report them. (harness.reporting.settings draws them.)
 METRICS = {
     "emd": ("EMD", "emd_test"),
     "nll": ("NLL", "nll_test"),
@@ -434,7 +434,7 @@ def resolve_extractor(ev: EvalSpec, where: str) -> EvalSpec:
         return ev
     if ev.inception_weights:  # a file named by the user: Inception, and a missing file is an error when it is used
         return dataclasses.replace(ev, extractor="inception")
-    from harness.metrics import inception_available
+    from harness.eval.image_metrics import inception_available
 
     return dataclasses.replace(ev, extractor="inception" if inception_available() else "classifier")
 

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-from harness.metrics import (
+from harness.eval.image_metrics import (
     INCEPTION_NAME,
     MetricsError,
     _atomic_write,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.spec import LoadedStudy, Trial, out_file
+from harness.study.spec import LoadedStudy, Trial, out_file
 from harness.tracking import Tracker, run_seconds
 
 # Dataset names as the paper's tables print them.
@@ -168,14 +168,14 @@ def write_study_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tracke
     """Write results/<study>/<profile>/: the tables and plots of the study's table kind (best_checkpoint:
     table1.{md,csv,tex} and fid_over_steps.png; settings: a table per substudy), the Pareto plot, and the report
     README.md that gathers them. Returns the paths written."""
-    from harness.pareto import write_pareto
-    from harness.report import sample_gallery, write_report
+    from harness.reporting.pareto import write_pareto
+    from harness.reporting.report import sample_gallery, write_report
 
     s = loaded.study
     out_dir = results_dir / s.name / loaded.profile
     out_dir.mkdir(parents=True, exist_ok=True)
     if s.table.kind == "settings":
-        from harness.tables_settings import write_settings_tables
+        from harness.reporting.settings import write_settings_tables
 
         written, body = write_settings_tables(loaded, trials, tracker, out_dir)
     elif s.table.kind == "best_checkpoint":
@@ -192,8 +192,8 @@ def _write_best_checkpoint(loaded: LoadedStudy, trials: list[Trial], tracker: Tr
                            ) -> tuple[list[Path], str]:
     """table1.{md,csv,tex} and fid_over_steps.png; returns them and the report's body (Table 1, the variants beside
     the paper's in relative terms, Figure 1)."""
-    from harness.compare import HIGHER_BETTER
-    from harness.report import beside_paper
+    from harness.reporting.compare import HIGHER_BETTER
+    from harness.reporting.report import beside_paper
 
     s = loaded.study
     df, caption = best_checkpoint_table(loaded, trials, tracker)

@@ -12,7 +12,7 @@ from typing import Any
 import click
 import yaml
 
-from harness.cli_fid import fid_weights
+from harness.cli.fid_weights import fid_weights
 from harness.errors import YAML_VALUE_ERRORS, UserError, unreadable_value
 
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError,)
@@ -160,7 +160,7 @@ def study(study_file, profile, sets, dry_run, address, tracking_uri, results_dir
     """Run (or resume) the study in STUDY_FILE: train every trial, evaluate, track in MLflow, write the tables.
 
     Exits 1 when a trial failed (the others still ran; `harness status` lists the reasons)."""
-    from harness.runner import run_study
+    from harness.run.driver import run_study
 
     plan = run_study(study_file, profile, parse_sets(sets), dry_run=dry_run, address=address,
                      tracking_uri=tracking_uri, results_dir=results_dir, retry_failed=retry_failed, echo=click.echo)
@@ -179,7 +179,7 @@ def study(study_file, profile, sets, dry_run, address, tracking_uri, results_dir
 @_results
 def table(study_file, profile, sets, tracking_uri, results_dir) -> None:
     """Regenerate the study's tables and plots from MLflow into results/<study>/<profile>/."""
-    from harness.runner import write_tables
+    from harness.run.driver import write_tables
 
     write_tables(study_file, profile, parse_sets(sets), tracking_uri, results_dir, echo=click.echo)
 
@@ -200,7 +200,7 @@ def table(study_file, profile, sets, tracking_uri, results_dir) -> None:
 def compare(study_file, by, metric, baseline, substudy, profile, sets, tracking_uri, results_dir) -> None:
     """Arms of STUDY_FILE side by side (mean ± std over seeds), each paired with the baseline arm: mean difference,
     95% interval and paired t-test; writes results/<study>/<profile>/compare_<key>.{md,csv}."""
-    from harness.runner import compare_study
+    from harness.run.driver import compare_study
 
     compare_study(study_file, by, metric, baseline, profile, parse_sets(sets), tracking_uri, results_dir, substudy,
                   echo=click.echo)
@@ -214,7 +214,7 @@ def compare(study_file, by, metric, baseline, substudy, profile, sets, tracking_
 @_results
 def status(study_file, profile, sets, tracking_uri, results_dir) -> None:
     """Show every trial of STUDY_FILE as done, running, interrupted, failed (with its reason) or missing."""
-    from harness.runner import study_status
+    from harness.run.driver import study_status
 
     study_status(study_file, profile, parse_sets(sets), tracking_uri, results_dir, echo=click.echo)
 
@@ -234,7 +234,7 @@ def status(study_file, profile, sets, tracking_uri, results_dir) -> None:
 @_results
 def sample(study_file, profile, sets, trial, n, seed, steps, w, sampler, out, results_dir) -> None:
     """Write sample and interpolation grids from finished trials' checkpoints (no training)."""
-    from harness.sampling import sample_study
+    from harness.cli.sample import sample_study
 
     if n < 1:
         raise click.BadParameter("must be >= 1", param_hint="--n")
@@ -257,7 +257,7 @@ def ui(port, host, tracking_uri, results_dir) -> None:
 
     rdir = Path(results_dir or "results").resolve()
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(rdir)
-    from harness.runner import store_exists
+    from harness.run.driver import store_exists
 
     if not store_exists(uri):
         raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}; run a study first or pass --results-dir")
@@ -289,7 +289,7 @@ def bench() -> None:
 @click.option("--out", default="results/bench/zoo.md", show_default=True, type=click.Path(dir_okay=False))
 def bench_zoo(variants: str, widths: str, batches: str, steps: int, threads: int | None, out: str) -> None:
     """Training-step and forward throughput per variant, width and batch, against the measured matmul GFLOP/s."""
-    from harness.bench import zoo_benchmark
+    from harness.bench.inprocess import zoo_benchmark
 
     zoo_benchmark(
         variants=[v.strip() for v in variants.split(",") if v.strip()],
@@ -310,7 +310,7 @@ def bench_zoo(variants: str, widths: str, batches: str, steps: int, threads: int
 def bench_eval(study_file, profile, sets, out: str) -> None:
     """FID/KID evaluation time of STUDY_FILE's first trial: sampling, sample features and reference features, for a
     first and a second (reference cached) evaluation."""
-    from harness.bench import eval_benchmark
+    from harness.bench.inprocess import eval_benchmark
 
     eval_benchmark(study_file, profile, parse_sets(sets), out, echo=click.echo)
 
@@ -323,7 +323,7 @@ def bench_eval(study_file, profile, sets, out: str) -> None:
 @click.option("--out", default="results/bench/overhead.md", show_default=True, type=click.Path(dir_okay=False))
 def bench_overhead(workers: str, trials: int, seconds: float, step_ms: float, out: str) -> None:
     """What the harness costs around a null model: trial start to first step, last step to finished, per report."""
-    from harness.bench_runs import overhead_benchmark
+    from harness.bench.runs import overhead_benchmark
 
     overhead_benchmark([int(w) for w in workers.split(",")], trials, seconds, step_ms / 1000, out, echo=click.echo)
 
@@ -338,7 +338,7 @@ def bench_overhead(workers: str, trials: int, seconds: float, step_ms: float, ou
 @click.option("--out", default="results/bench/data.md", show_default=True, type=click.Path(dir_okay=False))
 def bench_data(studies: str, data_root: str | None, windows: int, per_window: int, out: str) -> None:
     """Share of training-step time spent producing the batch, for each dataset kind."""
-    from harness.bench_runs import data_benchmark
+    from harness.bench.runs import data_benchmark
 
     data_benchmark(studies, data_root, windows, per_window, out, echo=click.echo)
 
@@ -351,12 +351,12 @@ def bench_data(studies: str, data_root: str | None, windows: int, per_window: in
 @click.option("--out", default="results/bench/keys.md", show_default=True, type=click.Path(dir_okay=False))
 def bench_keys(studies: str, windows: int, per_window: int, out: str) -> None:
     """Effect of the speed keys (fused optimizer, channels_last, compile) on training throughput."""
-    from harness.bench_runs import keys_benchmark
+    from harness.bench.runs import keys_benchmark
 
     keys_benchmark(studies, windows, per_window, out, echo=click.echo)
 
 
-main.add_command(fid_weights)  # `harness fid-weights`, kept in harness/cli_fid.py
+main.add_command(fid_weights)  # `harness fid-weights`, kept in harness/cli/fid_weights.py
 
 if __name__ == "__main__":
     main()

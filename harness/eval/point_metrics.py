@@ -5,7 +5,8 @@
 - NLL: -log of the mean, over generated points, of a Gaussian-kernel density of the real set (temperature 0.1),
   including the homework's quirks (see `gaussian_nll`).
 
-All metrics work in the normalised space of `harness.points` (train-statistics z-scores), as eval.py does.
+All metrics work in the normalised space of `harness.training.point_clouds` (train-statistics z-scores), as
+eval.py does.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
-from harness.points import PointData
+from harness.training.point_clouds import PointData
 
 Points = torch.Tensor | np.ndarray
 SampleFn = Callable[[int, torch.Generator], torch.Tensor]

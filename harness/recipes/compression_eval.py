@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.trial import TrialContext, TrialSkipped
+from harness.training.context import TrialContext, TrialSkipped
 
 SampleFn = Callable[[int, torch.Generator], tuple[torch.Tensor, int]]  # (n, generator) -> (uint8 images, NFE)
 QUANTIZE = ("none", "int8_dynamic", "bnb8", "bnb4", "bnb8_adam8")  # bnb8_adam8: 8-bit Linear + 8-bit Adam
@@ -23,7 +23,7 @@ def end_epoch(ctx: TrialContext, cfg: Any, epoch: int, mean_loss: float, seconds
     """The compression recipes' epoch end: refuse a non-finite loss, append the epoch to the training history,
     checkpoint ``state`` (plus the EMA and the history), and report every ``log_every`` epochs but the last (the
     last epoch's metrics go with the final measurements)."""
-    from harness.trial import TrialFailed
+    from harness.training.context import TrialFailed
 
     if not math.isfinite(mean_loss):
         raise TrialFailed(f"training loss became {mean_loss} in epoch {epoch}")
@@ -54,7 +54,7 @@ def report_final(ctx: TrialContext, cfg: Any, history: list[dict], model: nn.Mod
 
 def check_arm(quantize: str, device: str) -> None:
     """Before training: an arm the device cannot run is skipped with its reason (bitsandbytes needs CUDA)."""
-    from harness.compression import bnb_support
+    from harness.eval.compression import bnb_support
 
     if quantize.startswith("bnb"):
         ok, why = bnb_support(device)
@@ -64,7 +64,7 @@ def check_arm(quantize: str, device: str) -> None:
 
 def compress(model: nn.Module, cfg: Any, seed: int) -> tuple[nn.Module, dict[str, float]]:
     """Apply the trial's post-training compression (pruning, then int8 dynamic quantisation) and measure the result."""
-    from harness.compression import count_params, prune_model, quantize_dynamic_int8, state_dict_bytes
+    from harness.eval.compression import count_params, prune_model, quantize_dynamic_int8, state_dict_bytes
 
     metrics: dict[str, float] = {}
     if cfg.prune_method:
@@ -78,7 +78,7 @@ def compress(model: nn.Module, cfg: Any, seed: int) -> tuple[nn.Module, dict[str
 
 def inference_ms_per_image(sample: SampleFn, batch: int = 4, repeats: int = 3) -> dict[str, float]:
     """Warm (one untimed call), median of ``repeats`` timed calls of the sampler on ``batch`` images."""
-    from harness.compression import time_per_call_ms
+    from harness.eval.compression import time_per_call_ms
 
     nfe = {}
 
@@ -107,7 +107,7 @@ def grid_png(images: torch.Tensor, path, nrow: int | None = None):
 
 def image_quality(sample: SampleFn, ev: dict[str, Any], train, test, ctx: TrialContext, seed: int):
     """n generated images against the first n test images: FID/KID (Inception) or the classifier distances."""
-    from harness.metrics import image_distance, train_classifier_extractor
+    from harness.eval.image_metrics import image_distance, train_classifier_extractor
 
     n = int(ev["n_samples"])
     t0 = time.perf_counter()

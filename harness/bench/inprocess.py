@@ -10,10 +10,8 @@ peak resident memory is its own.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import datetime as dt
 import multiprocessing as mp
 import os
-import platform
 import resource
 import time
 from collections.abc import Callable
@@ -21,36 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.console import format_table
-
-
-def machine_info() -> dict[str, str]:
-    """CPU model, cores, memory and package versions: the header of every benchmark report."""
-    import torch
-
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f"{kb / 2**20:.1f} GiB"
-    except (OSError, ValueError, IndexError):
-        pass
-    return {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "memory": mem,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch threads": str(torch.get_num_threads()),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-    }
+from harness.run.machine import machine_info
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 8, threads: int | None = None) -> float:
@@ -110,7 +79,7 @@ def _measure(variant: str, width: int, batch: int, steps: int, threads: int | No
 
     import zoo
     from harness.diffusion.edm import karras_loss, sample_sigmas_train
-    from harness.recipes.speed import optimizer
+    from harness.training.speed import optimizer
 
     if threads:
         torch.set_num_threads(threads)
@@ -229,7 +198,7 @@ def inprocess_context(payload: dict[str, Any], tmp: str | Path, data_root: str |
                       report_fn: Callable[[dict[str, Any]], None], cpus: float) -> Any:
     """A trial's context for running its recipe in this process (benchmarks): run and cache directories under
     ``tmp`` (a fresh cache), torch threads from ``cpus``."""
-    from harness.trial import TrialContext
+    from harness.training.context import TrialContext
 
     paths = {"run_dir": f"{tmp}/run", "cache_dir": f"{tmp}/cache", "data_root": str(data_root)}
     ctx = TrialContext(payload, paths, report_fn, cpus=cpus)
@@ -263,7 +232,7 @@ def eval_benchmark(path: str | Path, profile: str | None, sets: dict[str, Any] |
     from harness.errors import UserError
     from harness.recipes import trial_model
     from harness.recipes.edm import _load_data, evaluate
-    from harness.spec import expand_trials, load_study
+    from harness.study.spec import expand_trials, load_study
 
     loaded = load_study(path, profile, sets)
     if loaded.study.recipe != "edm":

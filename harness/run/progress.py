@@ -9,7 +9,7 @@ from typing import Any
 from ray.tune import Callback
 
 from harness.errors import infrastructure_reason, one_line
-from harness.spec import Trial
+from harness.study.spec import Trial
 from harness.tracking import TAG, Tracker, TrialRun
 
 

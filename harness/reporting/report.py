@@ -1,6 +1,7 @@
 """The study report: results/<study>/<profile>/README.md, so the results folder reads well as it stands.
 
-The table writers (harness.tables for Table-1 studies, harness.tables_settings for studies of substudies) write the
+The table writers (harness.reporting.tables for Table-1 studies, harness.reporting.settings for studies of
+substudies) write the
 report's body: what was run, at which scale and n, on which machine and versions, the tables beside the paper's
 numbers and the plots. Below a marker line follows an appendix made from the files the folder holds: the Pareto
 plots, the `harness compare` tables and the hand-written NOTES.md. `harness compare` refreshes the appendix only, so
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.spec import out_file
+from harness.study.spec import out_file
 
 MARKER = "<!-- harness: generated from the files in this folder below this line -->"
 

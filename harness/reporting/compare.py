@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import UserError
-from harness.spec import LoadedStudy, Trial, out_file, safe_component
+from harness.study.spec import LoadedStudy, Trial, out_file, safe_component
 from harness.tracking import Tracker
 
 # Metrics where higher is better; every other compared metric (FID, KID, EMD, NLL, losses, sizes) is lower-better.
@@ -58,7 +58,7 @@ def _value(t: Trial, key: str) -> Any:
 def study_metric(loaded: LoadedStudy, name: str | None = None) -> tuple[str, str]:
     """(label, logged key) of a metric name (default: the study's table metric); classifier-feature distances
     keep their own names, never FID/KID."""
-    from harness.tables_settings import CLASSIFIER_METRICS, METRICS
+    from harness.reporting.settings import CLASSIFIER_METRICS, METRICS
 
     s = loaded.study
     name = name or s.table.metric

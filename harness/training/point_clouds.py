@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.data import DataError
+from harness.training.data import DataError
 
 POINT_DATASETS = ("helix", "sin_5_5")
 SPLITS = ("train", "test")

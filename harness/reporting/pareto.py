@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.spec import LoadedStudy, Trial, out_file
+from harness.study.spec import LoadedStudy, Trial, out_file
 from harness.tracking import Tracker, run_seconds
 
 COSTS = (("params", "parameters", True), ("train_pflops", "training PFLOPs (estimate)", True),
@@ -38,7 +38,7 @@ def pareto_mask(cost: np.ndarray, quality: np.ndarray, higher_better: bool) -> n
 def pareto_frame(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, metric_key: str,
                  best: bool) -> pd.DataFrame:
     """One row per finished trial: dataset, label (variant + axes), seed, quality, params, training PFLOPs, wall."""
-    from harness.compare import finished_values
+    from harness.reporting.compare import finished_values
 
     rows = []
     for t, run, value in finished_values(loaded, trials, tracker, metric_key, best):
@@ -110,7 +110,7 @@ def pareto_plot(agg: pd.DataFrame, quality_label: str, higher_better: bool, capt
 
 def write_pareto(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, out_dir: Path) -> list[Path]:
     """pareto_<metric>.png and .csv (every configuration with its costs and whether it is on a front)."""
-    from harness.compare import HIGHER_BETTER, study_metric
+    from harness.reporting.compare import HIGHER_BETTER, study_metric
 
     s = loaded.study
     label, key = study_metric(loaded)

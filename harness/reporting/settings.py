@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.spec import CLASSIFIER_METRICS, METRICS, LoadedStudy, Study, Trial, out_file
-from harness.tables import _markdown, paper_table, provenance
+from harness.reporting.tables import _markdown, paper_table, provenance
+from harness.study.spec import CLASSIFIER_METRICS, METRICS, LoadedStudy, Study, Trial, out_file
 from harness.tracking import Tracker
 
 # METRICS and CLASSIFIER_METRICS (eval.metrics name -> column label and logged key) live with the study schema in
-# harness.spec, so names are checked when a study is loaded; they are drawn here.
+# harness.study.spec, so names are checked when a study is loaded; they are drawn here.
 
 
 def metric_spec(name: str, extractor: str) -> tuple[str, str]:
@@ -272,7 +272,7 @@ def points_figure(df: pd.DataFrame, loaded: LoadedStudy, tracker: Tracker, path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from harness.points import load_points
+    from harness.training.point_clouds import load_points
 
     key = METRICS["emd"][1]
     if df.empty or key not in df or loaded.study.recipe != "ddpm":

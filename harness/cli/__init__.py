@@ -1,0 +1,1 @@
+"""The `harness` command line (click): `main` is the entry point."""
