@@ -18,7 +18,6 @@ from harness.diffusion import (
     denoising_loss_at,
     dropout_classes,
     ema_decay,
-    ema_update,
     generate,
     karras_loss,
     karras_sigmas,
@@ -31,6 +30,7 @@ from harness.diffusion import (
     sample_sigmas_train,
     warp_affine,
 )
+from harness.training.ema import ema_update
 
 SD = 0.5
 

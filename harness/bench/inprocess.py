@@ -231,8 +231,9 @@ def eval_benchmark(path: str | Path, profile: str | None, sets: dict[str, Any] |
 
     from harness.errors import UserError
     from harness.recipes import trial_model
-    from harness.recipes.edm import _load_data, evaluate
+    from harness.recipes.edm import evaluate
     from harness.study.spec import expand_trials, load_study
+    from harness.training.loop import load_split
 
     loaded = load_study(path, profile, sets)
     if loaded.study.recipe != "edm":
@@ -243,7 +244,7 @@ def eval_benchmark(path: str | Path, profile: str | None, sets: dict[str, Any] |
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ctx = inprocess_context(payload, tmp, loaded.data_root(), lambda _p: None, os.cpu_count() or 1)
-        train = _load_data(payload, ctx, "train")
+        train = load_split(payload, ctx, "train")
         torch.manual_seed(0)
         model, _cfg = trial_model(payload)
         model.eval()

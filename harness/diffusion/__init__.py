@@ -1,5 +1,5 @@
-"""Diffusion maths: EDM loss, noise sampling, EMA, samplers, generation (``edm``) and Karras augmentation
-(``augment``), following k-diffusion v0.1.1 as used by the block-sharing paper."""
+"""Diffusion maths: EDM loss, noise sampling, the EMA decay schedule, samplers, generation (``edm``) and Karras
+augmentation (``augment``), following k-diffusion v0.1.1 as used by the block-sharing paper."""
 
 from harness.diffusion.augment import KarrasAugment, params_to_cond, params_to_matrix, warp_affine
 from harness.diffusion.edm import (
@@ -8,7 +8,6 @@ from harness.diffusion.edm import (
     denoising_loss_at,
     dropout_classes,
     ema_decay,
-    ema_update,
     generate,
     karras_loss,
     karras_sigmas,
@@ -26,7 +25,6 @@ __all__ = [
     "denoising_loss_at",
     "dropout_classes",
     "ema_decay",
-    "ema_update",
     "generate",
     "karras_loss",
     "karras_sigmas",

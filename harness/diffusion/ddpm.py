@@ -1,6 +1,6 @@
 """Discrete DDPM (Ho et al. 2020): beta schedules, the forward process, the epsilon-MSE loss and ancestral sampling.
 
-Written for the CS726 HW2 toy study (``shared/papers/other_papers_spec.md``, Paper 3, section 3.4) and generic over
+Written for the CS726 HW2 toy study (docs/papers.md, spec 3.4; "spec N.N" below refers to those notes) and generic over
 the data shape, so an image model can share it: data are ``(N, *shape)`` and the model is called ``model(x_t, t)``
 with ``t`` a long tensor ``(N,)`` of timestep indices.
 

@@ -1,9 +1,9 @@
 """EDM (Karras et al. 2022) diffusion maths as used by k-diffusion v0.1.1 and the block-sharing paper.
 
 Training: ``karras_loss`` with the soft-min-SNR weighting, noise levels from ``sample_sigmas_train``,
-class dropout with ``dropout_classes``, EMA with ``ema_decay``/``ema_update``. Evaluation: ``generate``
-(deterministic DPM-Solver++(2M) on the Karras schedule by default) and ``denoising_loss_at``.
-See ``shared/papers/block_sharing_spec.md``, sections Training and Evaluation.
+class dropout with ``dropout_classes``, the EMA decay schedule ``ema_decay`` (the update: harness.training.ema).
+Evaluation: ``generate`` (deterministic DPM-Solver++(2M) on the Karras schedule by default) and ``denoising_loss_at``.
+"spec, Training" and "spec, Evaluation" refer to the block-sharing implementation notes in docs/papers.md.
 
 The model interface used here: ``model(x, sigma, class_labels=None, aug_cond=None)`` returns the
 preconditioned denoiser D(x; sigma); ``model.inner(x_in, sigma, ...)`` the raw network F;
@@ -127,24 +127,6 @@ def ema_decay(step: int, power: float = 0.6667, max_decay: float = 0.9999) -> fl
 
 
 @torch.no_grad()
-def ema_update(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * param for every parameter; buffers are copied (k-diffusion)."""
-    ema_params, params = dict(ema_model.named_parameters()), dict(model.named_parameters())
-    if ema_params.keys() != params.keys():
-        raise ValueError("ema_update: the EMA model and the model have different parameters")
-    # one multi-tensor kernel over all parameters (torch's optimizers use the same _foreach ops): a Python loop of
-    # per-tensor lerps costs 1 ms per step at D8 width 128 (bench zoo), the fused call 0.2 ms
-    targets = [ema_params[name] for name in params]
-    with torch.no_grad():
-        torch._foreach_lerp_(targets, [p.detach().to(t.dtype) for p, t in zip(params.values(), targets)], 1.0 - decay)
-    ema_bufs, bufs = dict(ema_model.named_buffers()), dict(model.named_buffers())
-    if ema_bufs.keys() != bufs.keys():
-        raise ValueError("ema_update: the EMA model and the model have different buffers")
-    for name, b in bufs.items():
-        ema_bufs[name].copy_(b)
-
-
-# ------------------------------------------------------------------------------------------- sampling
 
 
 def karras_sigmas(

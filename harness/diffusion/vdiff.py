@@ -1,5 +1,6 @@
 """Continuous-time v-diffusion (Salimans & Ho 2022; Crowson's v-diffusion-pytorch), the generator maths of "Modern
-Methods, Classical Constraints" (``shared/papers/other_papers_spec.md``, sections 1.2 and 1.4; paper section 2.2).
+Methods, Classical Constraints" (paper section 2.2; implementation notes 1.2 and 1.4 in docs/papers.md, cited below
+as "spec 1.2", "spec 1.4").
 
 Conventions, generic over the data shape: data are ``(N, *shape)``; the process is variance preserving and indexed
 by the log-SNR l = log(alpha^2 / sigma^2), so alpha = sqrt(sigmoid(l)), sigma = sqrt(sigmoid(-l)) and

@@ -1,4 +1,5 @@
-"""The EDM diffusion recipe: one plain training function (CONVENTIONS 9; EDM2 ``training_loop.py``).
+"""The EDM diffusion recipe: its algorithm on the training skeleton
+(``harness.training.loop``).
 
 Per step: a batch from the in-memory dataset, Karras augmentation (9-d conditioning), class dropout to the null
 class, stratified cosine-interpolated sigmas, the soft-min-SNR Karras loss, AdamW with the model's own param
@@ -18,7 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.training.context import TrialContext, TrialFailed
+from harness.study.schema import EvalSpec
+from harness.training.context import TrialContext
+from harness.training.loop import Training, load_split, typed
 
 
 class _LossModule(nn.Module):
@@ -37,72 +40,39 @@ class _LossModule(nn.Module):
                            weighting=self.weighting)
 
 
-def _load_data(trial: dict[str, Any], ctx: TrialContext, split: str):
-    from harness.training.data import load_study_data
-
-    return load_study_data(trial["dataset"], {**trial["data"], "root": str(ctx.data_root)}, split)
-
-
 def _heldout(trial: dict[str, Any], ctx: TrialContext, train):
     """The test split for the held-out denoising loss; the training data when a dataset has no test split."""
     from harness.training.data import DataError
 
     try:
-        return _load_data(trial, ctx, "test")
+        return load_split(trial, ctx, "test")
     except DataError:
         return train
-
-
-def _rng_state(gen: torch.Generator) -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "gen": gen.get_state()}
 
 
 def train_edm(trial: dict[str, Any], ctx: TrialContext) -> None:
     """Train one block-sharing (or any EDM-preconditioned) model; see the module docstring."""
     from harness.diffusion.augment import KarrasAugment
-    from harness.diffusion.edm import dropout_classes, ema_decay, ema_update, sample_sigmas_train
-    from harness.recipes import trial_model
+    from harness.diffusion.edm import dropout_classes, ema_decay, sample_sigmas_train
     from harness.recipes.edm_config import EDMTrain
-    from harness.training.data import TensorBatches, shard_slice
-    from harness.training.speed import optimizer, prepare_model, to_format
+    from harness.training.ema import ema_update
+    from harness.training.speed import to_format
 
-    cfg = EDMTrain(**{k: tuple(v) if isinstance(v, list) else v for k, v in trial["train"].items()})
-    acc = ctx.accelerator(cfg.mixed_precision, cfg.grad_accum, compile=cfg.compile)
-    seed = int(trial["seed"])
-    torch.manual_seed(seed * 1000 + ctx.rank)  # model dropout: per rank
-    # Batches, sigmas, noise, augmentation and class dropout are drawn for the global batch from one stream that is the
-    # same on every rank; each rank trains on its slice. N workers therefore see the samples, noise levels and
-    # augmentations one worker would with the same global batch and seed (the worker-count equivalence test).
-    gen = torch.Generator().manual_seed(seed * 1000)
-
-    train = _load_data(trial, ctx, "train")
-    model, model_cfg = trial_model(trial)
-    model = prepare_model(model, cfg)
+    run = Training(trial, ctx, EDMTrain)
+    cfg, gen, mine = run.cfg, run.gen, run.mine
+    train = run.data("train")
+    model, model_cfg = run.model()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = optimizer(torch.optim.AdamW, model.param_groups(cfg.lr, cfg.weight_decay), cfg, acc.device, lr=cfg.lr,
-                    betas=cfg.betas, eps=cfg.eps)
-    batches = TensorBatches(train, cfg.batch_size, gen, device=acc.device, shard=(ctx.rank, ctx.world_size))
-    mine = shard_slice(cfg.batch_size, ctx.rank, ctx.world_size)
+    opt = run.optimizer(torch.optim.AdamW, model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
+                        eps=cfg.eps)
+    batches = run.batches(train)
     augment = KarrasAugment(cfg.augment_prob) if cfg.augment_prob > 0 else None
-
-    step = 0
-    state = ctx.load_checkpoint(required=("model", "ema", "opt", "batches", "rng", "step"))
-    if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        batches.load_state_dict(state["batches"])
-        torch.set_rng_state(state["rng"]["torch"])
-        gen.set_state(state["rng"]["gen"])
-        step = int(state["step"])
-    resume_tags = {"harness.resumed_from_step": str(step)} if state is not None else {}
-    loss_module, opt = acc.prepare(_LossModule(model, cfg.loss_weighting), opt)
+    run.track(model=model, ema=ema, opt=opt, batches=batches)
+    run.resume()
+    loss_module, opt = run.acc.prepare(_LossModule(model, cfg.loss_weighting), opt)
     num_classes = model_cfg.num_classes
-    ev = trial["eval"]
 
-    loss_sum = torch.zeros((), device=acc.device)  # accumulated on device: no per-step host synchronisation
-    seen, t_log = 0, time.perf_counter()
-    while step < cfg.steps:
+    def train_step(step: int) -> tuple[int, dict[str, torch.Tensor]]:
         loss_module.train()
         with ctx.data_wait():
             x0, y = next(batches)  # this rank's slice of the global batch
@@ -116,51 +86,19 @@ def train_edm(trial: dict[str, Any], ctx: TrialContext) -> None:
             y = dropout_classes(y_global, num_classes, cfg.class_dropout, gen)[mine]
         else:
             y = None
-        sigma = sample_sigmas_train(cfg.batch_size, model.sigma_data, gen, device=acc.device)[mine]
-        noise = torch.randn((cfg.batch_size, *x0.shape[1:]), generator=gen)[mine].to(acc.device)
-        with acc.accumulate(loss_module):
+        sigma = sample_sigmas_train(cfg.batch_size, model.sigma_data, gen, device=run.device)[mine]
+        noise = torch.randn((cfg.batch_size, *x0.shape[1:]), generator=gen)[mine].to(run.device)
+        with run.acc.accumulate(loss_module):
             loss = loss_module(x0, sigma, noise, y, aug_cond).mean()
-            acc.backward(loss)
-            if acc.sync_gradients and cfg.grad_clip > 0:
-                acc.clip_grad_norm_(loss_module.parameters(), cfg.grad_clip)
+            run.acc.backward(loss)
+            if run.acc.sync_gradients and cfg.grad_clip > 0:
+                run.acc.clip_grad_norm_(loss_module.parameters(), cfg.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
         ema_update(ema, model, ema_decay(step, cfg.ema_power, cfg.ema_max))
-        loss_sum += loss.detach()
-        seen += cfg.batch_size
-        step += 1
+        return len(x0), {"loss": loss}
 
-        last = step == cfg.steps
-        is_eval = step % ev["every"] == 0 or last
-        if step % cfg.log_every == 0 or is_eval:
-            n_steps = cfg.log_every if step % cfg.log_every == 0 else (step % cfg.log_every or cfg.log_every)
-            if ctx.world_size > 1:  # the global batch's loss: the mean of the ranks' equal-sized slices
-                loss_sum = acc.reduce(loss_sum, reduction="mean")
-            mean_loss = float(loss_sum) / max(1, n_steps)
-            if not math.isfinite(mean_loss):
-                raise TrialFailed(f"training loss became {mean_loss} by step {step}")
-            elapsed = time.perf_counter() - t_log
-            metrics = {"loss": mean_loss, "images_per_s": seen / max(elapsed, 1e-9), "epoch": batches.epoch,
-                       "data_wait_share": ctx.data_wait_share(elapsed)}
-            loss_sum.zero_()
-            seen = 0
-            artifacts: list[str] = []
-            tags, resume_tags = resume_tags, {}  # the resume point is told once, with the first report
-            ckpt = None
-            if is_eval:
-                acc.wait_for_everyone()
-                if ctx.is_main:
-                    m, artifacts, eval_tags = evaluate(ema, trial, ctx, train, step)
-                    metrics.update(m)
-                    tags.update(eval_tags)
-                    ckpt = {
-                        "model": acc.unwrap_model(loss_module).model.state_dict(), "ema": ema.state_dict(),
-                        "opt": opt.state_dict(), "batches": batches.state_dict(), "rng": _rng_state(gen),
-                        "step": step, "config": trial,
-                    }
-                acc.wait_for_everyone()
-            ctx.report(step, metrics, artifacts, tags=tags, done=last, checkpoint=ckpt)
-            t_log = time.perf_counter()
+    run.run(train_step, lambda step, last: evaluate(ema, trial, ctx, train, step), log=lambda: {"epoch": batches.epoch})
 
 
 def evaluate(ema: nn.Module, trial: dict[str, Any], ctx: TrialContext, train, step: int):
@@ -171,24 +109,24 @@ def evaluate(ema: nn.Module, trial: dict[str, Any], ctx: TrialContext, train, st
     from harness.diffusion.edm import denoising_loss_at, generate
     from harness.training.data import to_uint8
 
-    ev = trial["eval"]
+    ev: EvalSpec = typed(EvalSpec, trial["eval"])
     cfg = ema.config
     metrics: dict[str, float] = {}
     tags: dict[str, str] = {}
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(int(trial["seed"]) + 12345)  # the same noise at every evaluation
-    n = int(ev["n_samples"])
+    n = int(ev.n_samples)
     samples, _labels, nfe = generate(
-        ema, n, (cfg.in_channels, cfg.input_size, cfg.input_size), cfg.num_classes, steps=ev["sampler_steps"],
-        sampler=ev["sampler"], generator=g, batch_size=ev["batch_size"])
+        ema, n, (cfg.in_channels, cfg.input_size, cfg.input_size), cfg.num_classes, steps=ev.sampler_steps,
+        sampler=ev.sampler, generator=g, batch_size=ev.batch_size)
     metrics["sample_seconds"] = time.perf_counter() - t0
     metrics["nfe"] = nfe
     grid_dir = ctx.run_dir / "samples"
     grid_dir.mkdir(parents=True, exist_ok=True)
     grid_path = grid_dir / f"step_{step:09d}.png"
-    k = min(ev["grid"], n)
+    k = min(ev.grid, n)
     save_image((samples[:k] + 1) / 2, grid_path, nrow=int(math.ceil(math.sqrt(k))))
-    wanted = set(ev["metrics"])
+    wanted = set(ev.metrics)
     if wanted & {"fid", "kid"}:
         from harness.eval.image_metrics import image_distance, train_classifier_extractor
 
@@ -196,13 +134,13 @@ def evaluate(ema: nn.Module, trial: dict[str, Any], ctx: TrialContext, train, st
         idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n]
         ref = train.x[idx]
         classifier = None
-        if ev["extractor"] == "classifier":
+        if ev.extractor == "classifier":
             classifier = train_classifier_extractor(train.x, train.y, train.num_classes, ctx.cache_dir,
                                                     train.content_hash()[:16])
         t1 = time.perf_counter()
         out = image_distance(
             to_uint8(samples), ref, f"{train.content_hash()[:16]}-{n}", cache_dir=ctx.cache_dir,
-            extractor=ev["extractor"], weights_path=ev.get("inception_weights"), classifier=classifier,
+            extractor=ev.extractor, weights_path=ev.inception_weights, classifier=classifier,
             kid="kid" in wanted, seed=0)
         metrics["metric_seconds"] = time.perf_counter() - t1
         for key, value in out.items():
