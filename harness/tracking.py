@@ -1,6 +1,7 @@
 """MLflow tracking: one writer (the driver), a parent run per study invocation, a child run per trial.
 
-Pitfalls handled here (DESIGN "Pitfalls" 3, 4): the SQLite URI and artifact root are absolute; only the driver
+Pitfalls handled here (docs/architecture.md, "One MLflow writer, and the tracking URI"): the SQLite URI and
+artifact root are absolute (Tune changes each trial's working directory); only the driver
 writes (SQLite has one writer); runs are found by a config-hash tag, never by name; params are flattened strings
 and the resolved config goes in as an artifact; ``MLFLOW_RUN_ID`` is never exported to workers.
 """

@@ -1,4 +1,4 @@
-"""Tests of the block-sharing family (zoo/block_sharing.py) against shared/papers/block_sharing_spec.md.
+"""Tests of the block-sharing family (zoo/block_sharing.py) against the paper and its notes in docs/papers.md.
 
 Forward/backward tests run at a tiny size on CPU; parameter counts are taken at the paper config on the meta device.
 """

@@ -1,4 +1,4 @@
-"""Tests of the discrete DDPM (harness/diffusion/ddpm.py) against shared/papers/other_papers_spec.md, Paper 3.4.
+"""Tests of the discrete DDPM (harness/diffusion/ddpm.py) against docs/papers.md, spec 3.4.
 
 The sampler is checked with the exact epsilon-predictor of Gaussian data N(0, s^2 I): with
 x_t = sqrt(ab) x0 + sqrt(1 - ab) eps, x_t ~ N(0, (ab s^2 + 1 - ab) I) and E[eps | x_t] = sqrt(1 - ab) x_t / (ab s^2 +

@@ -2,7 +2,7 @@
 
 Fast tests use a *random* TorchScript with the source's naming (``net.layers.<layer>.{weight,beta,mean,var}``) and
 the real shapes; pinned sha256s and the content hash are patched to match it. The slow test converts the real wheel
-and reproduces torchmetrics' KID docstring examples (notes/fid_offline.md).
+and reproduces torchmetrics' KID docstring examples (docs/conventions.md, "Evaluation and feature extractors").
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def test_install_without_registry_says_what_to_do(cache: Path, monkeypatch: pyte
 
 
 def test_metrics_fall_back_to_converted_weights(installed: Path, tmp_path: Path) -> None:
-    """Resolution and labels without computing a distance (an FID of 2048-d features takes ~30 s on 2 cores)."""
+    """Resolution and labels without computing a distance (an FID of 2048-d features is slow on a CPU)."""
     path, digest, fields = M._inception_extractor(None, isc=False)
     assert path == installed and digest == W.CONVERTED_SHA256
     assert fields == {"weights": f"converted sha256:{digest[:16]}", "inception_weights": "converted"}

@@ -60,8 +60,8 @@ def brighten(x: torch.Tensor, amount: int = 70) -> torch.Tensor:
 def random_inception_weights(path: Path, seed: int = 0) -> Path:
     """A randomly initialised state dict for torch-fidelity's FeatureExtractorInceptionV3 (its real architecture).
 
-    Its distances are not FID (DESIGN.md, pitfall 6). Convs are He-normal so activations keep their scale through
-    the depth; BN stays the identity; ``fc`` is NaN so an Inception Score would fail loudly.
+    Its distances are not FID (docs/conventions.md, "Every number is labelled"). Convs are He-normal so activations
+    keep their scale through the depth; BN stays the identity; ``fc`` is NaN so an Inception Score would fail loudly.
     """
 
     class Bare(tf_inception.FeatureExtractorInceptionV3):

@@ -1,4 +1,4 @@
-"""Tests of the MNIST-compression families (Paper 2 of ``shared/papers/other_papers_spec.md``): the score-SDE tutorial
+"""Tests of the MNIST-compression families (docs/papers.md, spec 2.1-2.3): the score-SDE tutorial
 ScoreNet (zoo/score_net.py) and dome272's conditional DDPM U-Net (zoo/ddpm_unet.py), with grouped convolutions.
 
 Both modules are imported explicitly: importing them registers their families.

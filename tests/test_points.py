@@ -1,8 +1,8 @@
 """Toy 3-D point clouds (harness.training.point_clouds) and the homework's metrics (harness.eval.point_metrics).
 
-No file from shared/ is read: files in the homework's and the harness's layouts are written to tmp_path from the
-seeded generators. The metric oracles are spec 3.3's numbers, measured on the real files ("generator = random train
-subset" vs N(0, I) noise, normalised space); the generated stand-ins must land near them.
+No file outside the repository is read: files in the homework's and the harness's layouts are written to tmp_path
+from the seeded generators. The metric oracles are spec 3.3's numbers (docs/papers.md), measured on the real files
+("generator = random train subset" vs N(0, I) noise, normalised space); the generated stand-ins must land near them.
 """
 
 from __future__ import annotations

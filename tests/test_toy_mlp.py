@@ -1,4 +1,4 @@
-"""Tests of the toy DDPM MLP family (zoo/toy_mlp.py): the CS726 HW2 report's model ladder (spec Paper 3.4).
+"""Tests of the toy DDPM MLP family (zoo/toy_mlp.py): the CS726 HW2 report's model ladder (docs/papers.md, spec 3.4).
 
 ``zoo.toy_mlp`` is imported explicitly: importing it registers the family.
 """

@@ -33,10 +33,10 @@ CASES = {
                                                 "eval.n_samples": 8, "eval.batch_size": 8}),
     "classify": ("classical_constraints.yaml", "baseline", {"train.steps": 6, "train.log_every": 1, "eval.every": 3,
                                                             "seeds": [0]}),
-    "score": ("mnist_compression.yaml", None, {"train.epochs": 3, "train.log_every": 1, "eval.n_samples": 8,
-                                               "eval.batch_size": 8}),
-    "ddpm_image": ("mnist_compression.yaml", "ddpm", {"train.epochs": 3, "train.log_every": 1, "eval.n_samples": 4,
-                                                      "eval.batch_size": 4}),
+    "score": ("mnist_compression.yaml", "ncsn_depthwise",
+              {"train.epochs": 3, "train.log_every": 1, "eval.n_samples": 8, "eval.batch_size": 8}),
+    "ddpm_image": ("mnist_compression.yaml", "ddpm_baseline",
+                   {"train.epochs": 3, "train.log_every": 1, "eval.n_samples": 4, "eval.batch_size": 4}),
     "ddpm": ("toy_ddpm.yaml", None, {"train.epochs": 4, "train.log_every": 1, "train.checkpoint_every": 2}),
 }
 
@@ -48,7 +48,9 @@ class Killed(BaseException):
 def payload_for(recipe: str) -> dict:
     study, part, sets = CASES[recipe]
     trials = expand_trials(load_study(REPO / "studies" / study, "smoke", dict(sets)))
-    mine = [t for t in trials if t.recipe == recipe and (part is None or part in t.substudies)]
+    wanted = {k.split(".", 1)[1]: v for k, v in sets.items() if k.startswith("train.")}
+    mine = [t for t in trials if t.recipe == recipe and (part is None or part in t.substudies)
+            and all(t.train.get(k) == v for k, v in wanted.items())]  # not an arm whose axis overrides them
     assert mine, f"no {recipe} trial in {study} (smoke)"
     return mine[0].payload()
 

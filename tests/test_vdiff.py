@@ -1,5 +1,5 @@
 """Tests of the continuous-time v-diffusion maths (harness/diffusion/vdiff.py) against
-shared/papers/other_papers_spec.md, sections 1.2 and 1.4, and the paper's section 2.2 (Eq. 1-4).
+docs/papers.md, spec 1.2 and 1.4, and the paper's section 2.2 (Eq. 1-4).
 
 The sampler is checked end to end with exact v-models. For data N(mu, s^2 I), x_t = alpha x0 + sigma eps has
 E[x0 | x_t] = mu + alpha s^2 / (alpha^2 s^2 + sigma^2) (x_t - alpha mu), and the exact velocity is

@@ -1,5 +1,5 @@
 """Tests of the "Modern Methods, Classical Constraints" families (zoo/classical.py, vdiff_unet.py, dcgan.py) against
-shared/papers/other_papers_spec.md, Paper 1: the discriminator (1.1), the v-diffusion U-Net (1.4) and the DCGAN.
+docs/papers.md, spec 1.0-1.4: the discriminator (1.1), the v-diffusion U-Net (1.4) and the DCGAN.
 
 Parameter counts are taken on the meta device; forward/backward runs on CPU at batch 2.
 """

@@ -1,6 +1,7 @@
 """The model zoo: named, frozen architecture variants of the papers' models.
 
-Each family file registers itself on import; they are imported explicitly here (CONVENTIONS 1).
+Each family file registers itself on import; they are imported explicitly here (docs/conventions.md, "The model
+zoo").
 """
 
 from zoo import block_sharing, classical, dcgan, ddpm_unet, null, score_net, toy_mlp, vdiff_unet  # noqa: E402,F401  (registers every name)

@@ -4,7 +4,7 @@ with Parameter Sharing" (ICLR 2024 Tiny Papers).
 The model is k-diffusion's ``image_transformer_v1`` (Crowson, k-diffusion v0.1.1) plus the two knobs of the paper's
 code (spaghettiSystems/tiny_diffusion): ``substeps`` applies every block k times and ``interleaved`` picks the visit
 order (1 2 1 2 ... or 1 1 ... 2 2 ...); the k-th visit of a block sees the conditioning multiplied by k.
-Written from ``shared/papers/block_sharing_spec.md``; no code is copied from either repository.
+Written from the paper and the implementation notes in docs/papers.md; no code is copied from either repository.
 
 Names: ``D<n>`` (n unique blocks), ``D<n>S<k>I`` / ``D<n>S<k>UI`` (each applied k times, interleaved or not).
 """
@@ -166,8 +166,8 @@ class GEGLU(nn.Module):
     @staticmethod
     def project(x: torch.Tensor, up: nn.Linear) -> torch.Tensor:
         """GEGLU(up(x)) with the two halves of ``up``'s weight applied as two products: the halves come out
-        contiguous, which makes forward + backward 1.6 ms faster per call at width 128, batch 32 (bench zoo) than
-        chunking one product. Same parameters, same result up to float rounding."""
+        contiguous, which makes forward + backward faster on CPU than chunking one product (results/bench/README.md,
+        "What changed to get there"). Same parameters, same result up to float rounding."""
         half = up.out_features // 2
         a = F.linear(x, up.weight[:half], None if up.bias is None else up.bias[:half])
         b = F.linear(x, up.weight[half:], None if up.bias is None else up.bias[half:])
@@ -233,8 +233,8 @@ class AxialRoPE(nn.Module):
         ang_w = pos[:, 1, None, None] * self.freqs_w.exp()  # (L, H, E/4)
         ang = torch.cat([ang_h, ang_w], dim=-1).transpose(0, 1)  # (L, H, E/2) -> (H, L, E/2)
         if x.dtype in (torch.float32, torch.float64):
-            # A pair (a, b) as the complex a + ib times e^(i angle) is the rotation below in one kernel: 2.3x faster
-            # forward + backward on CPU (bench zoo, width 128); complex half precision is not supported everywhere.
+            # A pair (a, b) as the complex a + ib times e^(i angle) is the rotation below in one kernel: faster
+            # forward + backward on CPU (results/bench/README.md); complex half precision is not supported everywhere.
             rot = torch.polar(torch.ones_like(ang), ang).to(torch.complex128 if x.dtype == torch.float64 else
                                                             torch.complex64)
             pairs = torch.view_as_complex(x.contiguous().unflatten(-1, (-1, 2)))  # (..., E) -> (..., E/2) complex

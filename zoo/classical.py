@@ -1,8 +1,9 @@
-"""The models of "Modern Methods, Classical Constraints" (anonymous; ``shared/seeds/classical_constraints.txt``): a
+"""The models of "Modern Methods, Classical Constraints" (anonymous coursework paper; see docs/papers.md): a
 CIFAR-100 classifier under 100,000 parameters and class-conditional generators under 1,000,000, both on CIFAR-100.
 
 The paper's code is not public (spec 1.0), so these are the spec's concrete designs that land under each budget
-(``shared/papers/other_papers_spec.md``, Paper 1). Written from that description; no upstream code is copied.
+(implementation notes 1.0-1.4 in docs/papers.md, cited as "spec 1.1" etc.). Written from that description; no
+upstream code is copied.
 Three families, one per file (this one, ``zoo/vdiff_unet.py`` and ``zoo/dcgan.py``, which import the helpers
 below); the names and counts of all three are listed here:
 

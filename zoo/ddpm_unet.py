@@ -1,12 +1,13 @@
 """Class-conditional DDPM U-Net of dome272/Diffusion-Models-pytorch (``UNet_conditional``, pinned ``be35220``): the
 DDPM baseline of Peterson, Himel & Patel, "Optimizing Diffusion Models for MNIST" (UMass CS682;
-``shared/seeds/mnist_compression.txt`` sec. 3.1.2), with the report's grouped convolutions (sec. 4.5.5, Table 7).
+report sec. 3.1.2), with the report's grouped convolutions (sec. 4.5.5, Table 7).
 
 eps_hat(x, t, y) = U-Net(x, pos_encoding(t) + label_emb(y)): DoubleConv blocks (3x3 conv, GroupNorm(1), GELU), three
 Down and three Up levels that add SiLU -> Linear of the embedding, self-attention after each of them and a three
 DoubleConv bottleneck (spec 2.2). Module names follow upstream (inc, down1, sa1, ..., bot1..bot3, up1, ..., outc,
 label_emb), so its checkpoints load and the report's pruning sets name modules directly.
-Written from ``shared/papers/other_papers_spec.md`` (Paper 2); no upstream code is copied.
+Written from the implementation notes 2.1-2.3 in docs/papers.md (cited as "spec 2.2" etc.); no upstream code is
+copied.
 
 MNIST: 28x28 cannot pass three 2x poolings and come back to the skips, so the model runs at ``input_size`` 32; the
 data pipeline pads 28 -> 32 (2 px per side, background value) or resizes (spec 2.2 "MNIST adaptation"), and

@@ -1,9 +1,9 @@
 """Layers shared by zoo families where torch's own is measurably slow on the CPUs this harness runs on.
 
 ``Dropout``: on CPU, ``torch.nn.Dropout`` draws one 32-bit Mersenne-Twister number per element through
-``bernoulli_`` (about 4.5 ns per element here, single-threaded), which made dropout 13-16% of a block-sharing
-training step at width 128 (``harness bench zoo``). This one draws one 64-bit word per four elements and compares
-15-bit lanes against a threshold: about 1.3 ns per element, from the same torch generator (so ``torch.manual_seed``
+``bernoulli_``, which made dropout a large share of a block-sharing training step at width 128
+(results/bench/README.md, "What changed to get there"). This one draws one 64-bit word per four elements and compares
+15-bit lanes against a threshold, which is cheaper per element, from the same torch generator (so ``torch.manual_seed``
 still fixes every mask). The drop probability is ``p`` rounded to a multiple of 2**-15 (0.05 -> 0.049988) and the
 kept values are scaled by the inverse of the rounded keep probability, so E[output] = input exactly; on CUDA, and
 when ``p`` is 0 or 1 or the module is in eval mode, it is ``torch.nn.functional.dropout``.

@@ -1,11 +1,12 @@
 """Time-conditional U-Net score model of Yang Song's score-SDE tutorial ("ScoreNet"): the NCSN baseline of Peterson,
-Himel & Patel, "Optimizing Diffusion Models for MNIST" (UMass CS682; ``shared/seeds/mnist_compression.txt`` sec. 3.1.1),
+Himel & Patel, "Optimizing Diffusion Models for MNIST" (UMass CS682 report sec. 3.1.1; see docs/papers.md),
 with the report's grouped ("depthwise") convolutions (sec. 4.2.3 and Table 3).
 
 s(x, t) = U-Net(x, swish(Linear(GaussianFourier(t)))) / marginal_prob_std(t) for the VE SDE dx = sigma^t dw (spec 2.1).
 Module names follow the tutorial (conv1..conv4, tconv4..tconv1, dense1..dense7 with ``.dense``, gnorm1..gnorm4,
 tgnorm4..tgnorm2, embed), so its checkpoints load and the report's pruning sets ("middle" = conv4/tconv4/dense4/5)
-name modules directly. Written from ``shared/papers/other_papers_spec.md`` (Paper 2); no upstream code is copied.
+name modules directly. Written from the implementation notes 2.1-2.3 in docs/papers.md (cited as "spec 2.1" etc.);
+no upstream code is copied.
 
 Names: ``ncsn-mnist`` and its grouped variants ``ncsn-mnist-g2``, ``ncsn-mnist-g4``, ``ncsn-mnist-gmax``.
 """

@@ -1,10 +1,11 @@
 """Toy DDPM epsilon-predictor MLP for 3-D point clouds: IIT Bombay CS726 (2023) HW2, the report of Chanda & Yadav
-("Homework 2", ``shared/seeds/toy_ddpm_homework.txt``) on the starter code ashutoshbsathe/explore-diffusion.
+("Homework 2", IIT Bombay 2023; see docs/papers.md) on the starter code ashutoshbsathe/explore-diffusion.
 
 The network is the starter's ``forward(x, t) = model(cat[x, time_embed(t)])`` (spec 3.1) with the family proposal
 of spec 3.4: hidden Linear layers, each followed by the activation, and an output Linear back to ``n_dim``.
 The report fixes only the hidden widths and ReLU (Q2, "Model 1/2/3"); the time embedding is ours (see the config).
-Written from ``shared/papers/other_papers_spec.md`` (Paper 3); no code is copied from the starter repository.
+Written from the implementation notes 3.1-3.4 in docs/papers.md (cited as "spec 3.4" etc.); no code is copied from
+the starter repository.
 
 Names: the report's ladder ``toy-mlp-1x64``, ``toy-mlp-2x64``, ``toy-mlp-64-128-128``, and the parametric forms
 ``toy-mlp-<L>x<W>`` (L hidden layers of width W) and ``toy-mlp-<w1>-<w2>-...`` (one width per hidden layer).

@@ -1,7 +1,8 @@
-"""The v-diffusion U-Net generator of "Modern Methods, Classical Constraints" (spec 1.4; family ``vdiff_unet``):
-v_hat = net(x_noised, log_snr, y). The conditioning e = sinusoid(log_snr) + class embedding is added at two points
-(32x32 after the input conv, 8x8 before the bottleneck), each followed by a regular 3x3 conv; apart from those and
-the input/output convs, every conv is depthwise-separable (paper sec. 2.3). Names and counts: ``zoo/classical.py``.
+"""The v-diffusion U-Net generator of "Modern Methods, Classical Constraints" (docs/papers.md, spec 1.4; family
+``vdiff_unet``): v_hat = net(x_noised, log_snr, y). The conditioning e = sinusoid(log_snr) + class embedding is
+added at two points (32x32 after the input conv, 8x8 before the bottleneck), each followed by a regular 3x3 conv;
+apart from those and the input/output convs, every conv is depthwise-separable (paper sec. 2.3). Names and counts:
+``zoo/classical.py``.
 """
 
 from __future__ import annotations

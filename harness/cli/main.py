@@ -1,6 +1,7 @@
 """The `harness` command line (click).
 
-Errors a user can cause are printed as one sentence with exit code 2 and no traceback (CONVENTIONS 15).
+Errors a user can cause are printed as one sentence with exit code 2 and no traceback (docs/conventions.md, "Errors
+are one sentence").
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ def sample_study(path: str | Path, profile: str | None, sets: dict[str, Any] | N
     written: list[Path] = []
     for t in chosen:
         fn = get_recipe(t.recipe).load_sampler_fn()
-        # where the trial's checkpoints are (runner._trial_config): its own, or its shared trained model's
+        # where the trial's checkpoints are (harness.run.driver._trial_config): its own, or its shared trained model's
         owner = ("trained", t.train_hash) if t.train_hash else (t.config_hash,)
         ckpt_dir = rdir / "runs" / t.study / Path(*owner) / "checkpoints"
         if fn is None or not list_checkpoints(ckpt_dir):

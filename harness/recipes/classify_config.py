@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.recipes import Recipe, image_model_overrides, register_recipe
+from harness.recipes.base import Recipe, image_model_overrides
 from harness.training.speed import SpeedKeys
 
 LR_RULES = ("steepest", "min_tenth")  # range test -> peak LR: steepest descent of the loss, or a tenth of the minimum
@@ -61,10 +61,10 @@ class ClassifyTrain(SpeedKeys):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
 
 
-register_recipe(Recipe(
+RECIPE = Recipe(
     name="classify",
     train_config=ClassifyTrain,
     trial_fn="harness.recipes.classify:train_classify",
     model_overrides=image_model_overrides,
     description="image classifier: AdamW + OneCycleLR from an LR range test, label smoothing, RandAugment",
-))
+)

@@ -18,31 +18,24 @@ SampleFn = Callable[[int, torch.Generator], tuple[torch.Tensor, int]]  # (n, gen
 QUANTIZE = ("none", "int8_dynamic", "bnb8", "bnb4", "bnb8_adam8")  # bnb8_adam8: 8-bit Linear + 8-bit Adam
 
 
-def end_epoch(ctx: TrialContext, cfg: Any, epoch: int, mean_loss: float, seconds: float, history: list[dict],
-              state: dict[str, Any], ema: nn.Module | None) -> None:
-    """The compression recipes' epoch end: refuse a non-finite loss, append the epoch to the training history,
-    checkpoint ``state`` (plus the EMA and the history), and report every ``log_every`` epochs but the last (the
-    last epoch's metrics go with the final measurements)."""
-    from harness.training.context import TrialFailed
-
-    if not math.isfinite(mean_loss):
-        raise TrialFailed(f"training loss became {mean_loss} in epoch {epoch}")
-    history.append({"loss": mean_loss, "train_ms_per_epoch": seconds * 1000,
-                    "data_wait_share": ctx.data_wait_share(seconds)})
-    state = {**state, "epoch": epoch, "history": history}
-    if ema is not None:
-        state["ema"] = ema.state_dict()
-    ctx.save_checkpoint(state, epoch)
+def end_epoch(run: Any, history: list[dict], seconds: float, **extra: Any) -> None:
+    """The compression recipes' epoch end (``run.step`` is the epoch just trained): the report window's mean loss
+    (a non-finite one fails the trial) appended to the training history, a checkpoint with the history, and a
+    report every ``log_every`` epochs but the last (the last epoch's metrics go with the final measurements).
+    ``extra``: further entries for the checkpoint."""
+    ctx, cfg, epoch = run.ctx, run.cfg, run.step
+    window = run.window.close(ctx, epoch, unit="epoch")
+    history.append({"loss": window["loss"], "train_ms_per_epoch": seconds * 1000,
+                    "data_wait_share": window["data_wait_share"]})
+    ctx.save_checkpoint(run.checkpoint(history=history, **extra), epoch)
     if epoch < cfg.epochs and epoch % cfg.log_every == 0:
-        ctx.report(epoch, history[-1])
+        ctx.report(epoch, history[-1], tags=run.take_tags())
 
 
 def report_final(ctx: TrialContext, cfg: Any, history: list[dict], model: nn.Module,
                  finish: Callable[[nn.Module], tuple[dict, list[str], dict]]) -> None:
     """After training (here or by a trial sharing the model): the training curve, then on rank 0 ``finish(model)``
     (compression, measurements, samples), reported with the last epoch's metrics as the trial's final result."""
-    from harness.recipes import report_history
-
     tags = report_history(ctx, history, cfg.log_every)
     metrics, artifacts = dict(history[-1]) if history else {}, []
     if ctx.is_main:
@@ -96,7 +89,6 @@ def save_grid(samples: torch.Tensor, ctx: TrialContext, k: int) -> str:
 
 def grid_png(images: torch.Tensor, path, nrow: int | None = None):
     """uint8 (N, C, H, W) images as one PNG grid at ``path`` (square-ish unless ``nrow`` is given)."""
-    import math
 
     from torchvision.utils import save_image
 
@@ -134,3 +126,17 @@ def image_quality(sample: SampleFn, ev: dict[str, Any], train, test, ctx: TrialC
         else:
             tags[f"harness.eval.{key}"] = str(value)
     return metrics, tags, samples
+
+def report_history(ctx: Any, history: list[dict[str, float]], log_every: int) -> dict[str, str]:
+    """Report the per-epoch training metrics of a trained model before its final epoch (those the driver already
+    logged for this run are dropped there, by step), and return tags saying where the model was trained.
+
+    A trial that shares a trained model with others (``ctx.shares_training``) may have trained none of it: its
+    MLflow run still gets the training curve, from the checkpoint's history."""
+    for epoch, metrics in enumerate(history[:-1], start=1):
+        if epoch % log_every == 0:
+            ctx.report(epoch, metrics)
+    if not ctx.shares_training:
+        return {}
+    return {"harness.train_hash": str(ctx.trial.get("train_hash", "")),
+            "harness.training": "trained here" if ctx.trained_epochs else "reused a shared trained model"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.recipes import Recipe, register_recipe
+from harness.recipes.base import Recipe
 from harness.training.speed import SpeedKeys
 
 
@@ -46,11 +46,11 @@ def _model_overrides(model: dict, dataset: str, data: dict, train: dict | None =
     return out
 
 
-register_recipe(Recipe(
+RECIPE = Recipe(
     name="ddpm",
     train_config=DDPMTrain,
     trial_fn="harness.recipes.ddpm:train_ddpm",
     model_overrides=_model_overrides,
     data_loader="harness.training.point_clouds:load_study_points",
     description="discrete DDPM (epsilon-MSE, ancestral sampling) on 3-D point clouds, scored by EMD and NLL",
-))
+)

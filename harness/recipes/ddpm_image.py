@@ -12,71 +12,54 @@ from typing import Any
 import torch
 
 from harness.training.context import TrialContext
+from harness.training.loop import Training
 
 
 def train_ddpm_image(trial: dict[str, Any], ctx: TrialContext) -> None:
     from harness.diffusion.ddpm import DDPM
-    from harness.diffusion.edm import ema_update
-    from harness.recipes import restore, trial_model
     from harness.recipes.compression_eval import check_arm, end_epoch, report_final
     from harness.recipes.ddpm_image_config import DDPMImageTrain
-    from harness.training.data import TensorBatches, load_study_data
-    from harness.training.speed import optimizer, prepare_model, to_format
+    from harness.training.ema import ema_update
+    from harness.training.speed import to_format
 
-    cfg = DDPMImageTrain(**trial["train"])
-    acc = ctx.accelerator(cfg.mixed_precision, compile=cfg.compile)
+    run = Training(trial, ctx, DDPMImageTrain, seed_scale=1)
+    cfg, acc, gen = run.cfg, run.acc, run.gen
     check_arm(cfg.quantize, str(acc.device))
-    seed = int(trial["seed"])
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    data = {**trial["data"], "root": str(ctx.data_root)}
-    train = load_study_data(trial["dataset"], data, "train")
-    test = load_study_data(trial["dataset"], data, "test")
-    model, model_cfg = trial_model(trial)
-    model = prepare_model(model, cfg)
+    train, test = run.data("train"), run.data("test")
+    model, model_cfg = run.model()
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay else None
-    opt = optimizer(torch.optim.AdamW, model.parameters(), cfg, acc.device, lr=cfg.lr)
+    opt = run.optimizer(torch.optim.AdamW, model.parameters(), lr=cfg.lr)
     ddpm = DDPM(cfg.T, cfg.schedule, cfg.lbeta, cfg.ubeta)
-    batches = TensorBatches(train, cfg.batch_size, gen, device=acc.device, drop_last=False)
+    batches = run.batches(train, drop_last=False)
+    run.track(model=model, opt=opt, batches=batches, ema=ema)
 
     with ctx.training_lock():  # pruning and int8 arms share their baseline's trained model (Trial.train_hash)
-        state = ctx.load_checkpoint(required=("model", "opt", "batches", *(["ema"] if ema is not None else [])))
-        rest = restore(state, model=model, opt=opt, batches=batches, ema=ema)
-        epoch, step, history = int(rest.get("epoch", 0)), int(rest.get("step", 0)), list(rest.get("history", []))
-        model, opt = acc.prepare(model, opt)
-        while epoch < cfg.epochs:
-            model.train()
-            t0, total = time.perf_counter(), torch.zeros((), device=acc.device)
+        run.resume("history", "opt_steps")
+        history, opt_steps = list(run.restored.get("history", [])), int(run.restored.get("opt_steps", 0))
+        net, opt = acc.prepare(model, opt)
+        while run.step < cfg.epochs:
+            net.train()
+            t0 = time.perf_counter()
             for _ in range(batches.batches_per_epoch):
                 with ctx.data_wait():
                     x, y = next(batches)
                     x = to_format(x, cfg)
                 if model_cfg.num_classes == 0 or float(torch.rand((), generator=gen)) < cfg.label_dropout:
                     y = None  # unconditional batch: what guidance subtracts at sampling time
-
-                def eps(x_t, t, y=y):
-                    return model(x_t, t, y)
-
-                loss = ddpm.loss(eps, x, generator=gen)
+                loss = ddpm.loss(lambda x_t, t, y=y: net(x_t, t, y), x, generator=gen)
                 opt.zero_grad(set_to_none=True)
                 acc.backward(loss)
                 opt.step()
-                if ema is not None:
-                    if step < cfg.ema_start:
-                        ema.load_state_dict(acc.unwrap_model(model).state_dict())
-                    else:
-                        ema_update(ema, acc.unwrap_model(model), cfg.ema_decay)
-                total += loss.detach()
-                step += 1
-            epoch += 1
+                if ema is not None:  # a copy of the weights until ema_start optimiser steps, then the EMA
+                    ema_update(ema, model, cfg.ema_decay if opt_steps >= cfg.ema_start else 0.0)
+                run.window.add(len(x), loss=loss)
+                opt_steps += 1
+            run.step += 1
             ctx.trained_epochs += 1
-            end_epoch(ctx, cfg, epoch, float(total) / batches.batches_per_epoch, time.perf_counter() - t0, history,
-                      {"model": acc.unwrap_model(model).state_dict(), "opt": opt.state_dict(),
-                       "batches": batches.state_dict(), "rng": torch.get_rng_state(), "step": step, "config": trial},
-                      ema)
+            end_epoch(run, history, time.perf_counter() - t0, opt_steps=opt_steps)
 
-    report_final(ctx, cfg, history, ema if ema is not None else acc.unwrap_model(model),
-                 lambda final: _finish(final, model_cfg, cfg, ddpm, trial["eval"], train, test, ctx, seed))
+    report_final(ctx, cfg, history, ema if ema is not None else model,
+                 lambda final: _finish(final, model_cfg, cfg, ddpm, trial["eval"], train, test, ctx, run.seed))
 
 
 def _finish(model, model_cfg, cfg, ddpm, ev: dict[str, Any], train, test, ctx: TrialContext, seed: int):

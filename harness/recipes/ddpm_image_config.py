@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.recipes import Recipe, register_recipe
+from harness.recipes.base import Recipe
 from harness.recipes.score_config import CompressionKeys
 
 
@@ -45,11 +45,11 @@ def _model_overrides(model: dict, dataset: str, data: dict, train: dict | None =
     return {"in_channels": c, "out_channels": c, "input_size": h, "num_classes": k, **model}
 
 
-register_recipe(Recipe(
+RECIPE = Recipe(
     name="ddpm_image",
     train_config=DDPMImageTrain,
     trial_fn="harness.recipes.ddpm_image:train_ddpm_image",
     model_overrides=_model_overrides,
     training_view=DDPMImageTrain.training_view,
     description="class-conditional image DDPM with classifier-free guidance and EMA; compression arms",
-))
+)

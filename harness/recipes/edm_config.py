@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.recipes import Recipe, register_recipe
+from harness.recipes.base import Recipe
 from harness.training.speed import SpeedKeys
 
 SAMPLERS = ("dpmpp_2m", "heun", "euler")  # eval.sampler: harness.diffusion.edm.SAMPLERS (which imports torch)
@@ -55,11 +55,11 @@ def _model_overrides(model: dict, dataset: str, data: dict, train: dict | None =
     return out
 
 
-register_recipe(Recipe(
+RECIPE = Recipe(
     name="edm",
     train_config=EDMTrain,
     trial_fn="harness.recipes.edm:train_edm",
     model_overrides=_model_overrides,
     eval_samplers=SAMPLERS,
     description="EDM/Karras diffusion (k-diffusion v0.1.1 configs): soft-min-SNR loss, DPM-Solver++(2M) sampling",
-))
+)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.recipes import Recipe, image_model_overrides, register_recipe
+from harness.recipes.base import Recipe, image_model_overrides
 from harness.training.speed import SpeedKeys
 
 
@@ -37,11 +37,11 @@ class GANTrain(SpeedKeys):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
 
 
-register_recipe(Recipe(
+RECIPE = Recipe(
     name="gan",
     train_config=GANTrain,
     trial_fn="harness.recipes.gan:train_gan",
     model_overrides=image_model_overrides,
     description="class-conditional DCGAN (depthwise-separable, spectral norm, label smoothing), generator EMA",
     sampler_fn="harness.recipes.gan:sample_grids",
-))
+)

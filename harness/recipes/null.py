@@ -13,8 +13,8 @@ from harness.training.context import TrialContext
 
 
 def train_null(trial: dict[str, Any], ctx: TrialContext) -> None:
-    from harness.recipes import trial_model
     from harness.recipes.null_config import WORK_SIZE, NullTrain
+    from harness.training.loop import trial_model
 
     entered = time.time()
     cfg = NullTrain(**trial["train"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.recipes import Recipe, register_recipe
+from harness.recipes.base import Recipe
 from harness.training.speed import SpeedKeys
 
 WORK_SIZE = 256  # side of the square fp32 matmuls a step does ``work`` times
@@ -34,10 +34,10 @@ def _model_overrides(model: dict, dataset: str, data: dict, train: dict | None =
     return dict(model)
 
 
-register_recipe(Recipe(
+RECIPE = Recipe(
     name="null",
     train_config=NullTrain,
     trial_fn="harness.recipes.null:train_null",
     model_overrides=_model_overrides,
     description="the null model with stand-in compute: what the harness costs per trial and per report (bench)",
-))
+)

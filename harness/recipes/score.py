@@ -14,62 +14,52 @@ from typing import Any
 import torch
 
 from harness.training.context import TrialContext, TrialFailed
+from harness.training.loop import Training
 
 
 def train_score(trial: dict[str, Any], ctx: TrialContext) -> None:
-    from harness.diffusion.edm import ema_update
     from harness.diffusion.score import SAMPLERS, dsm_loss
-    from harness.recipes import restore, trial_model
     from harness.recipes.compression_eval import check_arm, end_epoch, report_final
     from harness.recipes.score_config import ScoreTrain
-    from harness.training.data import TensorBatches, load_study_data
-    from harness.training.speed import optimizer, prepare_model, to_format
+    from harness.training.ema import ema_update
+    from harness.training.speed import to_format
 
-    cfg = ScoreTrain(**trial["train"])
-    ev = trial["eval"]
-    if ev["sampler"] not in SAMPLERS:
-        raise TrialFailed(f"eval.sampler {ev['sampler']!r} is not a score sampler; use one of {', '.join(SAMPLERS)}")
-    acc = ctx.accelerator(cfg.mixed_precision, compile=cfg.compile)
+    run = Training(trial, ctx, ScoreTrain, seed_scale=1)
+    cfg, acc, gen = run.cfg, run.acc, run.gen
+    if run.ev.sampler not in SAMPLERS:
+        raise TrialFailed(f"eval.sampler {run.ev.sampler!r} is not a score sampler; use one of {', '.join(SAMPLERS)}")
     check_arm(cfg.quantize, str(acc.device))
-    seed = int(trial["seed"])
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    data = {**trial["data"], "root": str(ctx.data_root)}
-    train = load_study_data(trial["dataset"], data, "train")
-    test = load_study_data(trial["dataset"], data, "test")
-    model, model_cfg = trial_model(trial)
-    model = prepare_model(model, cfg)
+    train, test = run.data("train"), run.data("test")
+    model, model_cfg = run.model()
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay else None
-    opt = optimizer(torch.optim.Adam, model.parameters(), cfg, acc.device, lr=cfg.lr)
-    batches = TensorBatches(train, cfg.batch_size, gen, device=acc.device, drop_last=False)
+    opt = run.optimizer(torch.optim.Adam, model.parameters(), lr=cfg.lr)
+    batches = run.batches(train, drop_last=False)
+    run.track(model=model, opt=opt, batches=batches, ema=ema)
 
     with ctx.training_lock():  # pruning and int8 arms share their baseline's trained model (Trial.train_hash)
-        state = ctx.load_checkpoint(required=("model", "opt", "batches", *(["ema"] if ema is not None else [])))
-        rest = restore(state, model=model, opt=opt, batches=batches, ema=ema)
-        epoch, history = int(rest.get("epoch", 0)), list(rest.get("history", []))
-        model, opt = acc.prepare(model, opt)
-        while epoch < cfg.epochs:
-            model.train()
-            t0, total = time.perf_counter(), torch.zeros((), device=acc.device)
+        run.resume("history")
+        history = list(run.restored.get("history", []))
+        net, opt = acc.prepare(model, opt)
+        while run.step < cfg.epochs:
+            net.train()
+            t0 = time.perf_counter()
             for _ in range(batches.batches_per_epoch):
                 with ctx.data_wait():
                     x, _y = next(batches)
                     x = to_format(x, cfg)
-                loss = dsm_loss(model, (x + 1) / 2, acc.unwrap_model(model).config.sigma, cfg.eps, gen)
+                loss = dsm_loss(net, (x + 1) / 2, model.config.sigma, cfg.eps, gen)
                 opt.zero_grad(set_to_none=True)
                 acc.backward(loss)
                 opt.step()
                 if ema is not None:
-                    ema_update(ema, acc.unwrap_model(model), cfg.ema_decay)
-                total += loss.detach()
-            epoch += 1
+                    ema_update(ema, model, cfg.ema_decay)
+                run.window.add(len(x), loss=loss)
+            run.step += 1
             ctx.trained_epochs += 1
-            end_epoch(ctx, cfg, epoch, float(total) / batches.batches_per_epoch, time.perf_counter() - t0, history,
-                      {"model": acc.unwrap_model(model).state_dict(), "opt": opt.state_dict(),
-                       "batches": batches.state_dict(), "rng": torch.get_rng_state(), "config": trial}, ema)
+            end_epoch(run, history, time.perf_counter() - t0)
 
-    report_final(ctx, cfg, history, ema if ema is not None else acc.unwrap_model(model),
-                 lambda final: _finish(final, model_cfg, cfg, ev, train, test, ctx, seed))
+    report_final(ctx, cfg, history, ema if ema is not None else model,
+                 lambda final: _finish(final, model_cfg, cfg, trial["eval"], train, test, ctx, run.seed))
 
 
 def _finish(model, model_cfg, cfg, ev: dict[str, Any], train, test, ctx: TrialContext, seed: int):

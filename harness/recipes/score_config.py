@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.recipes import Recipe, register_recipe
+from harness.recipes.base import Recipe
 from harness.training.speed import SpeedKeys
 
 SAMPLERS = ("euler_maruyama", "pc", "ode")  # eval.sampler: harness.diffusion.score.SAMPLERS (which imports torch)
@@ -72,7 +72,7 @@ def _model_overrides(model: dict, dataset: str, data: dict, train: dict | None =
     return {"in_channels": c, "input_size": h, **model}
 
 
-register_recipe(Recipe(
+RECIPE = Recipe(
     name="score",
     train_config=ScoreTrain,
     trial_fn="harness.recipes.score:train_score",
@@ -80,4 +80,4 @@ register_recipe(Recipe(
     training_view=ScoreTrain.training_view,
     eval_samplers=SAMPLERS,
     description="VE-SDE denoising score matching (Song's tutorial) with EM, PC and ODE samplers; compression arms",
-))
+)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.recipes import Recipe, image_model_overrides, register_recipe
+from harness.recipes.base import Recipe, image_model_overrides
 from harness.training.speed import SpeedKeys
 
 SAMPLERS = {"ancestral": 1.0, "ddim": 0.0}  # eval.sampler -> eta
@@ -53,7 +53,7 @@ class VDiffTrain(SpeedKeys):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
 
 
-register_recipe(Recipe(
+RECIPE = Recipe(
     name="vdiff",
     train_config=VDiffTrain,
     trial_fn="harness.recipes.vdiff:train_vdiff",
@@ -61,4 +61,4 @@ register_recipe(Recipe(
     eval_samplers=tuple(SAMPLERS),
     description="continuous-time v-diffusion (Crowson) with CFG, Sobol timesteps, EMA, ancestral/DDIM sampling",
     sampler_fn="harness.recipes.vdiff:sample_grids",
-))
+)

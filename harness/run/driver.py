@@ -408,7 +408,7 @@ def _trial_config(t: Trial, loaded: LoadedStudy, rdir: Path, data_hash: str = ""
         "trial": t.payload(),
         "trial_hash": t.config_hash,
         "resources": dataclasses.asdict(loaded.study.resources),
-        "paths": {  # absolute: Tune changes each trial's working directory (DESIGN pitfall 3)
+        "paths": {  # absolute: Tune changes each trial's working directory (docs/architecture.md)
             "run_dir": str(run_dir), "train_dir": str(train_dir), "cache_dir": str(rdir / "cache"),
             "data_root": str(loaded.data_root()), "ray_storage": str(rdir / "ray"), "data_hash": data_hash,
         },

@@ -16,7 +16,7 @@ from typing import Any
 
 class CPUMemoryMonitor:
     """MLflow's CPU monitor, on psutil directly (what MLflow's wraps), with its metric names and its interface:
-    importing mlflow in every trial process would add 1.4 s to each trial's start (``harness bench overhead``)."""
+    importing mlflow in every trial process would slow each trial's start (results/bench/README.md)."""
 
     def __init__(self) -> None:
         self.metrics: dict[str, list[float]] = {}
@@ -80,7 +80,7 @@ class SystemSampler:
     def take(self) -> dict[str, float]:
         """Means since the last call, as ``system/<name>``. With no sample since the last call, one is taken here
         only if the last is older than the interval: reports faster than that carry system metrics about once per
-        interval, instead of costing each report 2-4 ms of the training thread."""
+        interval, instead of costing every report a sample taken on the training thread."""
         if not self._rss and time.monotonic() - self._last_sample >= self._interval:
             self._sample()
         with self._lock:

@@ -26,9 +26,9 @@ TRAIN_POLL_S = 0.5  # Ray Train controller's worker polling interval (its defaul
 class BackgroundReports:
     """Sends a trial's reports from a background thread, in order. A Tune function trainable's ``tune.report``
     blocks the training thread until the driver asks for the next result, i.e. until the driver has logged the
-    previous one to MLflow: 20 ms per report on this kind of machine (``harness bench overhead``), 2% of training
-    time at one report per second; Ray Train's ``report`` waits for the controller's next poll of the workers
-    (0.45 s on average at one report per second). With this thread the training loop only enqueues. Every rank
+    previous one to MLflow; Ray Train's ``report`` waits for the controller's next poll of the workers. Both cost
+    the training loop measurably (results/bench/README.md, results/bench/overhead.md; docs/architecture.md, "Report
+    back-pressure"). With this thread the training loop only enqueues. Every rank
     sends as many reports as before, so Ray Train's report barrier still lines them up. The final report (and
     ``close``) waits for everything queued, so a trial's function never returns before its reports are sent; an
     error sending one is raised in the training thread at its next report."""
@@ -157,8 +157,8 @@ def tune_trial(config: dict[str, Any]) -> None:
         from ray.tune.integration.ray_train import TuneReportCallback
 
         # Ray Train's controller takes one report per worker each time it polls them, every 2 s by default, and
-        # a worker's next report waits for that: polled every 0.5 s, reports at up to 2/s never wait (measured by
-        # `harness bench overhead`). Propagated by Ray to the controller and the workers.
+        # a worker's next report waits for that: polled every 0.5 s, reports at up to 2/s never wait (see
+        # results/bench/overhead.md). Propagated by Ray to the controller and the workers.
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(TRAIN_POLL_S))
         use_gpu = res["gpus_per_worker"] > 0
         per_worker = {"CPU": res["cpus_per_worker"]}

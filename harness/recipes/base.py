@@ -1,0 +1,53 @@
+"""What a recipe registers: its name, train config, trial function, data loader, sampler and how a dataset's
+shape becomes zoo overrides. Each ``<recipe>_config`` module defines one ``RECIPE``; the registry
+(``harness.recipes``) collects them."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    train_config: type
+    trial_fn: str  # "module:function", called as fn(trial: dict, ctx: TrialContext)
+    model_overrides: Callable[[dict, str, dict, dict], dict]  # (model, dataset, data, train) -> zoo overrides
+    description: str = ""
+    # "module:function" loading a dataset split as fn(name, data_section, split, download): the driver calls it once
+    # per dataset before anything starts, so missing data fails early with one sentence.
+    data_loader: str = "harness.training.data:load_study_data"
+    # The train section as training sees it, without keys applied only after training (pruning, post-training
+    # quantisation): trials equal under it share one trained model (spec.Trial.train_hash). None: no sharing.
+    training_view: Callable[[dict], dict] | None = None
+    # "module:function" writing sample (and interpolation) grids from a finished trial's checkpoint, for
+    # `harness sample`: fn(trial: dict, state: dict, out_dir: Path, n: int, seed: int, **overrides) -> list[Path].
+    sampler_fn: str | None = None
+    # The names eval.sampler may take, checked when the study is loaded; () when the recipe does not sample with
+    # eval.sampler (the value is then ignored).
+    eval_samplers: tuple[str, ...] = ()
+
+    def load_trial_fn(self) -> Callable[..., Any]:
+        return _resolve(self.trial_fn)
+
+    def load_data_fn(self) -> Callable[..., Any]:
+        return _resolve(self.data_loader)
+
+    def load_sampler_fn(self) -> Callable[..., Any] | None:
+        return _resolve(self.sampler_fn) if self.sampler_fn else None
+
+
+def image_model_overrides(model: dict, dataset: str, data: dict, train: dict | None = None) -> dict[str, Any]:
+    """Image channels, size and classes from the dataset unless the study's model section sets them."""
+    from harness.training.data import image_meta
+
+    c, h, _w, k = image_meta(dataset, data)
+    return {"in_channels": c, "input_size": h, "num_classes": k, **model}
+
+
+def _resolve(path: str) -> Callable[..., Any]:
+    module, _, fn = path.partition(":")
+    return getattr(importlib.import_module(module), fn)
