@@ -12,10 +12,6 @@ REPO = Path(__file__).resolve().parents[1]
 LAYERS = ["harness.errors", "harness.console", "harness.tracking", "harness.study.schema", "zoo",
           "harness.training", "harness.diffusion", "harness.eval", "harness.recipes", "harness.study",
           "harness.reporting", "harness.run", "harness.bench", "harness.cli"]
-# Cycles not yet untangled; each is a known defect. A new cycle, or a bigger one, fails the test.
-KNOWN_CYCLES = [{"harness.eval.image_metrics", "harness.eval.inception"}]
-
-
 def modules(root: Path = REPO) -> dict[str, Path]:
     out = {}
     for pkg in ("harness", "zoo"):
@@ -90,8 +86,8 @@ def layer(module: str) -> int:
     return LAYERS.index(best)
 
 
-def test_there_is_no_import_cycle_but_the_known_ones():
-    assert [c for c in cycles(import_graph(modules())) if c not in KNOWN_CYCLES] == []
+def test_there_is_no_import_cycle():
+    assert cycles(import_graph(modules())) == []
 
 
 def test_packages_import_only_downward():

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-from harness.eval.image_metrics import (
+from harness.eval.weights import (
     INCEPTION_NAME,
     MetricsError,
     _atomic_write,

@@ -1,5 +1,5 @@
 """The image-classification recipe ("Modern Methods, Classical Constraints", the discriminator under 100k parameters
-and 10k steps): one plain training function (CONVENTIONS 9).
+and 10k steps): its algorithm on the training skeleton (harness.training.loop).
 
 1. Learning-rate range test (unless ``train.lr`` is set): torch-lr-finder's exponential sweep on augmented training
    batches, model and optimiser restored afterwards; its curve is logged as ``lr_find_loss`` / ``lr_find_lr`` over
@@ -9,7 +9,9 @@ and 10k steps): one plain training function (CONVENTIONS 9).
 3. Every ``train.log_every`` steps: running training loss and accuracy (on the augmented batches) and the LR; every
    ``eval.every`` steps and at the end: validation loss and top-1 accuracy on the test split, and a checkpoint.
 
-Under several workers each rank draws its own batches of ``batch_size / world_size`` (DDP averages gradients).
+Under several workers each rank trains its slice of the global batch (the same batches on any number of workers;
+DDP averages gradients). RandAugment, crop and flip draw from torch's global RNG, seeded per rank, so the
+augmentations (and the range test, run on every rank) are not the same across worker counts.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.training.context import TrialContext, TrialFailed
+from harness.training.context import TrialContext
+from harness.training.loop import Training, param_groups
 
 
 class BatchAugment:
@@ -115,19 +118,14 @@ def evaluate(model: nn.Module, data, norm, batch_size: int, device) -> dict[str,
 
 
 def train_classify(trial: dict[str, Any], ctx: TrialContext) -> None:
-    from harness.recipes import param_groups, trial_model
+    """Train one classifier; see the module docstring."""
     from harness.recipes.classify_config import ClassifyTrain
-    from harness.training.data import TensorBatches, load_study_data
-    from harness.training.speed import optimizer, prepare_model, to_format
+    from harness.training.data import TensorBatches
+    from harness.training.speed import to_format
 
-    cfg = ClassifyTrain(**{k: tuple(v) if isinstance(v, list) else v for k, v in trial["train"].items()})
-    acc = ctx.accelerator(cfg.mixed_precision, compile=cfg.compile)
-    ev = trial["eval"]
-    seed = int(trial["seed"])
-    torch.manual_seed(seed * 1000 + ctx.rank)
-    data = {**trial["data"], "root": str(ctx.data_root)}
-    train = load_study_data(trial["dataset"], data, "train")
-    test = load_study_data(trial["dataset"], data, "test")
+    run = Training(trial, ctx, ClassifyTrain)
+    cfg = run.cfg
+    train, test = run.data("train"), run.data("test")
     mean, std = channel_stats(train.x)
 
     def norm(x: torch.Tensor) -> torch.Tensor:
@@ -135,88 +133,51 @@ def train_classify(trial: dict[str, Any], ctx: TrialContext) -> None:
 
     augment = BatchAugment(cfg.randaugment, cfg.randaugment_ops, cfg.randaugment_magnitude, cfg.augment_group,
                            cfg.crop_pad, cfg.flip)
-    model, _model_cfg = trial_model(trial)
-    model = prepare_model(model, cfg)
+    model, _model_cfg = run.model()
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    per_worker = max(1, cfg.batch_size // ctx.world_size)
-    gen = torch.Generator().manual_seed(seed * 1000 + ctx.rank)
-    batches = TensorBatches(train, min(per_worker, len(train)), gen, device=acc.device, raw=True)
-
-    state = ctx.load_checkpoint(required=("model", "opt", "sched", "batches", "rng", "step", "peak_lr"))
-    step, peak_lr = 0, cfg.lr
-    if state is not None:
-        peak_lr = float(state["peak_lr"])
-    elif peak_lr is None:  # range test on its own batch stream, the same on every rank
+    batches = run.batches(train, raw=True)
+    run.track(model=model, batches=batches)  # the optimiser and schedule need the peak LR: restored below
+    peak_lr = float(run.restored["peak_lr"]) if run.resume("opt", "sched", "peak_lr") else cfg.lr
+    if peak_lr is None:  # range test on its own batch stream, the same on every rank
         t0 = time.perf_counter()
-        finder_batches = TensorBatches(train, min(per_worker, len(train)), torch.Generator().manual_seed(seed + 777),
-                                       device=acc.device, raw=True)
-        peak_lr, history = lr_range_test(model, finder_batches, augment, norm, cfg, loss_fn, acc.device)
+        finder_batches = TensorBatches(train, cfg.batch_size // run.world_size,
+                                       torch.Generator().manual_seed(run.seed + 777), device=run.device, raw=True)
+        peak_lr, history = lr_range_test(model, finder_batches, augment, norm, cfg, loss_fn, run.device)
         _report_range_test(ctx, history, peak_lr, time.perf_counter() - t0)
-
-    opt = optimizer(torch.optim.AdamW, param_groups(model, peak_lr, cfg.weight_decay), cfg, acc.device, lr=peak_lr,
-                    betas=cfg.betas)
+    opt = run.optimizer(torch.optim.AdamW, param_groups(model, peak_lr, cfg.weight_decay), lr=peak_lr,
+                        betas=cfg.betas)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=peak_lr, total_steps=cfg.steps, pct_start=cfg.pct_start, anneal_strategy="cos",
         div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        batches.load_state_dict(state["batches"])
-        torch.set_rng_state(state["rng"])
-        step = int(state["step"])
-    model, opt = acc.prepare(model, opt)
-    resume_tags = {"harness.resumed_from_step": str(step)} if state is not None else {}
+    run.track(opt=opt, sched=sched)
+    if run.step:
+        opt.load_state_dict(run.restored["opt"])
+        sched.load_state_dict(run.restored["sched"])
+    net, opt = run.acc.prepare(model, opt)
 
-    loss_sum = torch.zeros((), device=acc.device)
-    correct = torch.zeros((), dtype=torch.long, device=acc.device)
-    seen, t_log = 0, time.perf_counter()
-    model.train()
-    while step < cfg.steps:
+    def train_step(step: int) -> tuple[int, dict[str, torch.Tensor]]:
+        net.train()
         with ctx.data_wait():
-            x, y = next(batches)
-            x = to_format(norm(augment(x)), cfg)
-        logits = model(x)
+            x, y = next(batches)  # this rank's slice of the global batch
+            x = to_format(norm(augment(x)), cfg)  # augmentations from torch's global RNG, per rank
+        logits = net(x)
         loss = loss_fn(logits, y)
         opt.zero_grad(set_to_none=True)
-        acc.backward(loss)
+        run.acc.backward(loss)
         if cfg.grad_clip > 0:
-            acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            run.acc.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
-        loss_sum += loss.detach() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += len(y)
-        step += 1
+        return len(y), {"train_loss": loss.detach() * len(y), "train_accuracy": (logits.detach().argmax(1) == y).sum()}
 
-        last = step == cfg.steps
-        is_eval = step % ev["every"] == 0 or last
-        if step % cfg.log_every == 0 or is_eval:
-            train_loss = float(loss_sum) / seen
-            if not math.isfinite(train_loss):
-                raise TrialFailed(f"training loss became {train_loss} by step {step}")
-            elapsed = time.perf_counter() - t_log
-            metrics = {"train_loss": train_loss, "train_accuracy": float(correct) / seen,
-                       "lr": sched.get_last_lr()[0], "images_per_s": seen * ctx.world_size / max(elapsed, 1e-9),
-                       "data_wait_share": ctx.data_wait_share(elapsed)}
-            loss_sum.zero_()
-            correct.zero_()
-            seen = 0
-            tags, resume_tags = resume_tags, {}
-            ckpt = None
-            if is_eval:
-                acc.wait_for_everyone()
-                if ctx.is_main:
-                    metrics.update(evaluate(acc.unwrap_model(model), test, norm, ev["batch_size"], acc.device))
-                    ckpt = {
-                        "model": acc.unwrap_model(model).state_dict(), "opt": opt.state_dict(),
-                        "sched": sched.state_dict(), "batches": batches.state_dict(), "rng": torch.get_rng_state(),
-                        "step": step, "peak_lr": peak_lr, "config": trial}
-                acc.wait_for_everyone()
-            if last:
-                metrics.update(peak_lr=peak_lr, params=sum(p.numel() for p in model.parameters() if p.requires_grad))
-            ctx.report(step, metrics, tags=tags, done=last, checkpoint=ckpt)
-            t_log = time.perf_counter()
+    def validate(step: int, last: bool):
+        metrics = evaluate(model, test, norm, run.ev.batch_size, run.device)
+        if last:
+            metrics.update(peak_lr=peak_lr, params=sum(p.numel() for p in model.parameters() if p.requires_grad))
+        return metrics, [], {}
+
+    run.run(train_step, validate, log=lambda: {"lr": sched.get_last_lr()[0]},
+            per_sample=("train_loss", "train_accuracy"), checkpoint_extra=lambda: {"peak_lr": peak_lr})
 
 
 def _report_range_test(ctx: TrialContext, history: dict[str, list], peak_lr: float, seconds: float) -> None:

@@ -1,5 +1,5 @@
 """The v-diffusion generator recipe (Crowson's CIFAR-10 colab as extended by "Modern Methods, Classical
-Constraints"): one plain training function (CONVENTIONS 9).
+Constraints"): its algorithm on the training skeleton (harness.training.loop).
 
 Per step: a batch from the in-memory dataset, horizontal flips, labels dropped to the null class with probability
 ``cond_dropout``, Sobol timesteps mapped to log-SNR by the schedule, the v-objective, AdamW with linear warm-up,
@@ -11,7 +11,6 @@ checkpoint; at the end also a grid of slerp latent interpolations decoded with D
 from __future__ import annotations
 
 import copy
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,7 @@ from typing import Any
 import torch
 
 from harness.training.context import TrialContext, TrialFailed
-
-
-def _config(trial: dict[str, Any]):
-    from harness.recipes.vdiff_config import VDiffTrain
-
-    return VDiffTrain(**{k: tuple(v) if isinstance(v, list) else v for k, v in trial["train"].items()})
+from harness.training.loop import Training, param_groups, trial_model, typed
 
 
 def make_sampler(model, model_cfg, cfg, sampler: str, steps: int):
@@ -65,96 +59,63 @@ def interpolation_grid(sample, model_cfg, rows: int, cols: int, seed: int) -> to
 
 
 def train_vdiff(trial: dict[str, Any], ctx: TrialContext) -> None:
-    from harness.diffusion.edm import ema_update
+    """Train one v-diffusion model; see the module docstring."""
     from harness.diffusion.vdiff import sobol_engine, sobol_t, v_loss
-    from harness.recipes import param_groups, start_trial
     from harness.recipes.compression_eval import grid_png
     from harness.recipes.generator_eval import evaluate_generator
-    from harness.training.data import TensorBatches
-    from harness.training.speed import optimizer, to_format
+    from harness.recipes.vdiff_config import VDiffTrain
+    from harness.training.ema import ema_update
+    from harness.training.speed import to_format
 
-    cfg = _config(trial)
-    ev = trial["eval"]
-    acc, seed, gen, train, model, model_cfg = start_trial(trial, ctx, cfg.mixed_precision)
-    make_sampler(model, model_cfg, cfg, ev["sampler"], ev["sampler_steps"])  # a bad sampler fails before training
+    run = Training(trial, ctx, VDiffTrain)
+    cfg, ev, gen, mine = run.cfg, run.ev, run.gen, run.mine
+    train = run.data("train")
+    model, model_cfg = run.model()
+    make_sampler(model, model_cfg, cfg, ev.sampler, ev.sampler_steps)  # a bad sampler fails before training
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = optimizer(torch.optim.AdamW, param_groups(model, cfg.lr, cfg.weight_decay), cfg, acc.device, lr=cfg.lr,
-                    betas=cfg.betas)
+    opt = run.optimizer(torch.optim.AdamW, param_groups(model, cfg.lr, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)))
-    batches = TensorBatches(train, max(1, cfg.batch_size // ctx.world_size), gen, device=acc.device)
-    engine = sobol_engine(seed * 1000 + ctx.rank)
+    batches = run.batches(train)
+    engine = sobol_engine(run.seed * 1000)  # the global batch's timesteps, the same on every rank
+    run.track(model=model, ema=ema, opt=opt, sched=sched, batches=batches)
+    engine.fast_forward(run.resume() * cfg.batch_size)
+    net, opt = run.acc.prepare(model, opt)
     null = model_cfg.num_classes
 
-    step, state = 0, ctx.load_checkpoint(required=("model", "ema", "opt", "sched", "batches", "rng", "gen", "step"))
-    if state is not None:
-        for part, key in ((model, "model"), (ema, "ema"), (opt, "opt"), (sched, "sched"), (batches, "batches")):
-            part.load_state_dict(state[key])
-        torch.set_rng_state(state["rng"])
-        gen.set_state(state["gen"])
-        step = int(state["step"])
-        engine.fast_forward(step * batches.batch_size)
-    resume_tags = {"harness.resumed_from_step": str(step)} if state is not None else {}
-    model, opt = acc.prepare(model, opt)
-
-    loss_sum = torch.zeros((), device=acc.device)
-    seen, t_log = 0, time.perf_counter()
-    while step < cfg.steps:
-        model.train()
+    def train_step(step: int) -> tuple[int, dict[str, torch.Tensor]]:
+        net.train()
         with ctx.data_wait():
-            x, y = next(batches)
-            if cfg.flip:
-                x = torch.where((torch.rand(len(x), generator=gen) < 0.5).view(-1, 1, 1, 1), x.flip(-1), x)
+            x, y = next(batches)  # this rank's slice of the global batch
+            if cfg.flip:  # flips, dropped labels, timesteps and noise drawn for the global batch, kept for the slice
+                flip = (torch.rand(cfg.batch_size, generator=gen)[mine] < 0.5).to(x.device)
+                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
             x = to_format(x, cfg)
         if null:
-            y = torch.where(torch.rand(len(y), generator=gen) < cfg.cond_dropout, torch.full_like(y, null), y)
-        t = sobol_t(len(x), engine).to(x.device)
-        loss = v_loss(model, x, y if null else None, cfg.schedule, t, cfg.weighting, generator=gen)
+            drop = (torch.rand(cfg.batch_size, generator=gen)[mine] < cfg.cond_dropout).to(y.device)
+            y = torch.where(drop, torch.full_like(y, null), y)
+        t = sobol_t(cfg.batch_size, engine)[mine].to(x.device)
+        noise = torch.randn((cfg.batch_size, *x.shape[1:]), generator=gen, dtype=x.dtype)[mine].to(x.device)
+        loss = v_loss(net, x, y if null else None, cfg.schedule, t, cfg.weighting, noise=noise)
         opt.zero_grad(set_to_none=True)
-        acc.backward(loss)
+        run.acc.backward(loss)
         if cfg.grad_clip > 0:
-            acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            run.acc.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
-        ema_update(ema, acc.unwrap_model(model), min(cfg.ema_decay, (1 + step) / (10 + step)))
-        loss_sum += loss.detach()
-        seen += len(x) * ctx.world_size
-        step += 1
+        ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        return len(x), {"loss": loss}
 
-        last = step == cfg.steps
-        is_eval = step % ev["every"] == 0 or last
-        if step % cfg.log_every == 0 or is_eval:
-            n_steps = cfg.log_every if step % cfg.log_every == 0 else (step % cfg.log_every or cfg.log_every)
-            mean = float(loss_sum) / n_steps
-            if not math.isfinite(mean):
-                raise TrialFailed(f"training loss became {mean} by step {step}")
-            elapsed = time.perf_counter() - t_log
-            metrics = {"loss": mean, "lr": sched.get_last_lr()[0],
-                       "images_per_s": seen / max(elapsed, 1e-9), "data_wait_share": ctx.data_wait_share(elapsed)}
-            loss_sum.zero_()
-            seen = 0
-            artifacts: list[str] = []
-            tags, resume_tags = resume_tags, {}
-            ckpt = None
-            if is_eval:
-                acc.wait_for_everyone()
-                if ctx.is_main:
-                    t0 = time.perf_counter()
-                    sample = make_sampler(ema, model_cfg, cfg, ev["sampler"], ev["sampler_steps"])
-                    m, artifacts, eval_tags = evaluate_generator(sample, model_cfg.num_classes, trial, ctx, train,
-                                                                 step)
-                    metrics.update(m, eval_seconds=time.perf_counter() - t0)
-                    tags.update(eval_tags)
-                    metrics["params"] = sum(p.numel() for p in ema.parameters())
-                    if last and cfg.interpolations:
-                        grid = interpolation_grid(sample, model_cfg, cfg.interpolations, 8, seed)
-                        artifacts.append(str(grid_png(grid, ctx.run_dir / "samples" / f"interp_{step:09d}.png", 8)))
-                    ckpt = {
-                        "model": acc.unwrap_model(model).state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                        "sched": sched.state_dict(), "batches": batches.state_dict(), "rng": torch.get_rng_state(),
-                        "gen": gen.get_state(), "step": step, "config": trial}
-                acc.wait_for_everyone()
-            ctx.report(step, metrics, artifacts, tags=tags, done=last, checkpoint=ckpt)
-            t_log = time.perf_counter()
+    def evaluate(step: int, last: bool):
+        t0 = time.perf_counter()
+        sample = make_sampler(ema, model_cfg, cfg, ev.sampler, ev.sampler_steps)
+        metrics, artifacts, tags = evaluate_generator(sample, null, trial, ctx, train, step)
+        metrics.update(eval_seconds=time.perf_counter() - t0, params=sum(p.numel() for p in ema.parameters()))
+        if last and cfg.interpolations:
+            grid = interpolation_grid(sample, model_cfg, cfg.interpolations, 8, run.seed)
+            artifacts.append(str(grid_png(grid, ctx.run_dir / "samples" / f"interp_{step:09d}.png", 8)))
+        return metrics, artifacts, tags
+
+    run.run(train_step, evaluate, log=lambda: {"lr": sched.get_last_lr()[0]})
 
 
 def sample_grids(trial: dict[str, Any], state: dict[str, Any], out_dir: Path, n: int, seed: int,
@@ -162,11 +123,11 @@ def sample_grids(trial: dict[str, Any], state: dict[str, Any], out_dir: Path, n:
     """`harness sample`: n class-balanced samples and an interpolation grid from a checkpoint's EMA weights."""
     import dataclasses
 
-    from harness.recipes import trial_model
     from harness.recipes.compression_eval import grid_png
     from harness.recipes.generator_eval import balanced_sampler
+    from harness.recipes.vdiff_config import VDiffTrain
 
-    cfg = _config(trial)
+    cfg = typed(VDiffTrain, trial["train"])
     if w is not None:
         cfg = dataclasses.replace(cfg, cfg_weight=w)
     model, model_cfg = trial_model(trial)

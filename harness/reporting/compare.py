@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import UserError
+from harness.reporting.metrics import Metric, resolve
+from harness.reporting.sources import finished_values
 from harness.study.spec import LoadedStudy, Trial, out_file, safe_component
 from harness.tracking import Tracker
 
-# Metrics where higher is better; every other compared metric (FID, KID, EMD, NLL, losses, sizes) is lower-better.
-HIGHER_BETTER = {"val_accuracy", "train_accuracy", "accuracy", "images_per_s", "isc"}
 IDENTITY = ("dataset", "variant")
 
 
@@ -55,35 +55,12 @@ def _value(t: Trial, key: str) -> Any:
     return tuple(v) if isinstance(v, list) else v
 
 
-def study_metric(loaded: LoadedStudy, name: str | None = None) -> tuple[str, str]:
-    """(label, logged key) of a metric name (default: the study's table metric); classifier-feature distances
-    keep their own names, never FID/KID."""
-    from harness.reporting.settings import CLASSIFIER_METRICS, METRICS
-
+def study_metric(loaded: LoadedStudy, name: str | None = None) -> Metric:
+    """The catalogue's metric for a metric name or logged key (default: the study's table metric) under the study's
+    extractor: classifier-feature distances keep their own names, never FID/KID; an uncatalogued key is
+    lower-better."""
     s = loaded.study
-    name = name or s.table.metric
-    if s.eval.extractor == "classifier" and name in CLASSIFIER_METRICS:
-        return CLASSIFIER_METRICS[name]
-    return METRICS.get(name, (name, name))
-
-
-def finished_values(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, metric: str,
-                    best: bool) -> list[tuple[Trial, Any, float]]:
-    """(trial, its finished run, value) for every finished, not skipped trial: the best (lowest) logged value of
-    ``metric`` when ``best`` (best-checkpoint studies), else the last."""
-    finished = tracker.finished_runs(loaded.study.name)
-    out = []
-    for t in trials:
-        run = finished.get(t.config_hash)
-        if run is None or run.data.tags.get("harness.skipped"):
-            continue
-        if best:
-            value = min((m.value for m in tracker.client.get_metric_history(run.info.run_id, metric)),
-                        default=math.nan)
-        else:
-            value = run.data.metrics.get(metric, math.nan)
-        out.append((t, run, value))
-    return out
+    return resolve(name or s.table.metric, s.eval.extractor)
 
 
 def trial_values(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, metric: str, best: bool,
@@ -180,7 +157,8 @@ def run_compare(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, by: 
     """Compare the study's arms along ``by``; writes compare_<by>.{md,csv} under ``out_dir``."""
     s = loaded.study
     key = resolve_key(trials, by)
-    metric_key = study_metric(loaded, metric)[1]
+    chosen = study_metric(loaded, metric)
+    metric_key = chosen.key
     trials = _question_trials(loaded, trials, key, substudy)
     df = trial_values(loaded, trials, tracker, metric_key, s.table.kind == "best_checkpoint", key)
     if df.empty or df.value.isna().all():
@@ -195,7 +173,7 @@ def run_compare(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, by: 
         if not found:
             raise UserError(f"--baseline {baseline!r} is not one of the arms of {key}: {', '.join(map(str, arms))}")
         base = found[0]
-    higher = metric_key in HIGHER_BETTER
+    higher = chosen.higher_better
     res = compare_arms(df, base, higher)
     seeds = sorted(set(df.seed))
     caption = (f"{s.name}, profile `{loaded.profile}`: arms of `{key}` on `{metric_key}` "

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.reporting.metrics import resolve
+from harness.reporting.sources import finished_values
 from harness.study.spec import LoadedStudy, Trial, out_file
 from harness.tracking import Tracker, run_seconds
 
@@ -38,8 +40,6 @@ def pareto_mask(cost: np.ndarray, quality: np.ndarray, higher_better: bool) -> n
 def pareto_frame(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, metric_key: str,
                  best: bool) -> pd.DataFrame:
     """One row per finished trial: dataset, label (variant + axes), seed, quality, params, training PFLOPs, wall."""
-    from harness.reporting.compare import finished_values
-
     rows = []
     for t, run, value in finished_values(loaded, trials, tracker, metric_key, best):
         steps, batch = t.train.get("steps"), t.train.get("batch_size")
@@ -110,14 +110,13 @@ def pareto_plot(agg: pd.DataFrame, quality_label: str, higher_better: bool, capt
 
 def write_pareto(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, out_dir: Path) -> list[Path]:
     """pareto_<metric>.png and .csv (every configuration with its costs and whether it is on a front)."""
-    from harness.reporting.compare import HIGHER_BETTER, study_metric
-
     s = loaded.study
-    label, key = study_metric(loaded)
+    metric = resolve(s.table.metric, s.eval.extractor)
+    label, key = metric.label, metric.key
     df = pareto_frame(loaded, trials, tracker, key, s.table.kind == "best_checkpoint")
     if df.empty or df.quality.isna().all():
         return []
-    higher = key in HIGHER_BETTER
+    higher = metric.higher_better
     steps = sorted({t.train.get("steps") or t.train.get("epochs") for t in trials})
     caption = (f"{s.name}, profile `{loaded.profile}`: {label} ({'best evaluation' if s.table.kind == 'best_checkpoint' else 'final value'}, "  # noqa: E501
                f"mean over seeds) against parameters, estimated training FLOPs (3 x forward FLOPs x steps x batch; "

@@ -18,18 +18,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.reporting.tables import _markdown, paper_table, provenance
-from harness.study.spec import CLASSIFIER_METRICS, METRICS, LoadedStudy, Study, Trial, out_file
+from harness.reporting.metrics import FEATURE_SPACES, TABLE_METRICS, same_as_paper, table_metric
+from harness.reporting.recipe_report import RecipeReport, report_of, template_fields
+from harness.reporting.sources import markdown as _markdown
+from harness.reporting.sources import paper_table, provenance
+from harness.study.spec import LoadedStudy, Study, Trial, out_file
 from harness.tracking import Tracker
 
-# METRICS and CLASSIFIER_METRICS (eval.metrics name -> column label and logged key) live with the study schema in
-# harness.study.spec, so names are checked when a study is loaded; they are drawn here.
 
+def recipe_report(name: str) -> RecipeReport:
+    """The report hook of the recipe registered as ``name`` (see harness.reporting.recipe_report)."""
+    from harness.recipes import get_recipe
 
-def metric_spec(name: str, extractor: str) -> tuple[str, str]:
-    if extractor == "classifier" and name in CLASSIFIER_METRICS:
-        return CLASSIFIER_METRICS[name]
-    return METRICS[name]
+    return report_of(get_recipe(name), name)
 
 
 def _resolved(t: Trial, key: str) -> Any:
@@ -109,7 +110,8 @@ def substudy_table(df: pd.DataFrame, name: str, datasets: list[str], metrics: li
         for ds in datasets:
             cell = sub[(sub.setting == setting) & (sub.dataset == ds)]
             for m in metrics:
-                label, key = metric_spec(m, extractor)
+                metric = table_metric(m, extractor)
+                label, key = metric.label, metric.key
                 vals = cell[key].dropna() if key in cell else pd.Series(dtype=float)
                 mean = vals.mean() if len(vals) else float("nan")
                 std = vals.std(ddof=1) if len(vals) > 1 else float("nan")
@@ -123,8 +125,7 @@ def substudy_table(df: pd.DataFrame, name: str, datasets: list[str], metrics: li
                 if paper is not None:
                     row = paper[(paper.study == name) & (paper.setting.astype(str) == setting)]
                     col = f"{m}_{ds}"
-                    comparable = extractor != "classifier" or m not in CLASSIFIER_METRICS
-                    if comparable and not row.empty and col in row and pd.notna(row[col].iloc[0]):
+                    if same_as_paper(m, extractor) and not row.empty and col in row and pd.notna(row[col].iloc[0]):
                         p = float(row[col].iloc[0])
                 num[f"paper_{m}_{ds}"] = p
                 if p is not None:
@@ -138,7 +139,8 @@ def substudy_table(df: pd.DataFrame, name: str, datasets: list[str], metrics: li
                 col = f"{m}_{ds}"
                 if not row.empty and col in row and pd.notna(row[col].iloc[0]):
                     num[f"paper_{col}"] = float(row[col].iloc[0])
-                    show[f"Paper {METRICS[m][0]} ({ds})"] = _paper_num(float(row[col].iloc[0]))  # the paper's metric
+                    # the paper's own metric (its distances are Inception ones)
+                    show[f"Paper {TABLE_METRICS[m].label} ({ds})"] = _paper_num(float(row[col].iloc[0]))
         num_rows.append(num)
         show_rows.append(show)
     shown = pd.DataFrame(show_rows)
@@ -176,7 +178,7 @@ def metric_plot(df: pd.DataFrame, name: str, x_key: str, metric: str, trials: di
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    label, key = metric_spec(metric, extractor)
+    label, key = (m := table_metric(metric, extractor)).label, m.key
     sub = df[df.substudy == name].copy()
     if sub.empty or key not in sub:
         return None
@@ -239,7 +241,8 @@ def scatter_plot(df: pd.DataFrame, x: str, y: str, extractor: str, paper: pd.Dat
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    (xl, xk), (yl, yk) = metric_spec(x, extractor), metric_spec(y, extractor)
+    xm, ym = table_metric(x, extractor), table_metric(y, extractor)
+    (xl, xk), (yl, yk) = (xm.label, xm.key), (ym.label, ym.key)
     if df.empty or xk not in df or yk not in df:
         return None
     data = df.dropna(subset=[xk, yk])
@@ -247,7 +250,7 @@ def scatter_plot(df: pd.DataFrame, x: str, y: str, extractor: str, paper: pd.Dat
     sns.scatterplot(data=data, x=xk, y=yk, hue="substudy", style="dataset", s=60, ax=ax)
     for _, r in data.drop_duplicates(["substudy", "setting"]).iterrows():
         ax.annotate(r.setting, (r[xk], r[yk]), fontsize=5, alpha=0.7)
-    comparable = extractor != "classifier" or y not in CLASSIFIER_METRICS
+    comparable = same_as_paper(y, extractor)
     crosses = False
     if paper is not None and comparable:
         for ds in data.dataset.unique():
@@ -266,7 +269,11 @@ def scatter_plot(df: pd.DataFrame, x: str, y: str, extractor: str, paper: pd.Dat
 
 
 def points_figure(df: pd.DataFrame, loaded: LoadedStudy, tracker: Tracker, path: Path) -> Path | None:
-    """Generated against real test points (normalised space) for the best trial (lowest EMD) of each dataset."""
+    """Generated against real test points (normalised space) for the best trial (lowest EMD) of each dataset, when
+    the study's recipe asks for it (its report's ``points_figure``)."""
+    key = TABLE_METRICS["emd"].key
+    if df.empty or key not in df or not recipe_report(loaded.study.recipe).points_figure:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
@@ -274,9 +281,6 @@ def points_figure(df: pd.DataFrame, loaded: LoadedStudy, tracker: Tracker, path:
 
     from harness.training.point_clouds import load_points
 
-    key = METRICS["emd"][1]
-    if df.empty or key not in df or loaded.study.recipe != "ddpm":
-        return None
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     datasets = list(dict.fromkeys(df.dataset))
     fig = plt.figure(figsize=(5 * len(datasets), 4.6))
@@ -301,31 +305,16 @@ def points_figure(df: pd.DataFrame, loaded: LoadedStudy, tracker: Tracker, path:
 
 
 def _method_note(s: Study, sources: list[str]) -> str:
-    """How the numbers were measured (and on which data files), for the report's header."""
-    if s.recipe == "ddpm":
-        return (f"test-set EMD over {s.eval.emd_n or 128} random points and Gaussian-kernel NLL (temperature 0.1), "
-                f"each averaged over {s.eval.runs or 3} sampling runs; data: {'; '.join(sources)}")
-    if s.recipe == "classify":
-        return (f"top-1 accuracy and cross-entropy on the whole test split, {s.train.get('steps', '?')} steps of "
-                f"batch {s.train.get('batch_size', '?')}; training accuracy on augmented batches; data: "
-                f"{'; '.join(sources)}")
-    ref = "training" if s.recipe in ("vdiff", "gan") else "test"
-    feats = ("Inception-v3 features (FID/KID)" if s.eval.extractor == "inception" else
-             "a classifier trained on the dataset (Frechet/kernel distances in its feature space, not FID/KID)")
-    return (f"image quality of n = {s.eval.n_samples} samples ({s.eval.sampler}, {s.eval.sampler_steps} steps) "
-            f"against the first n {ref} images with {feats}")
+    """How the numbers were measured (and on which data files), for the report's header: the recipe's words."""
+    report = recipe_report(s.recipe)
+    return report.method.format_map(template_fields(report, s.eval, s.train, sources="; ".join(sources),
+                                                    features=FEATURE_SPACES[s.eval.extractor].method))
 
 
 def _part_sampling(part: Study) -> str:
-    """How a substudy's samples were drawn, when its recipe samples images (its own n, sampler and steps)."""
-    ev = part.eval
-    if part.recipe == "ddpm_image":
-        return f"; n = {ev.n_samples} samples, ancestral over T = {part.train.get('T', 1000)} steps"
-    if part.recipe in ("score", "edm", "vdiff"):
-        return f"; n = {ev.n_samples} samples, {ev.sampler} with {ev.sampler_steps} steps"
-    if part.recipe == "gan":
-        return f"; n = {ev.n_samples} samples"
-    return ""
+    """How a substudy's samples were drawn, in its recipe's words ("" when its recipe states none)."""
+    report = recipe_report(part.recipe)
+    return report.sampling.format_map(template_fields(report, part.eval, part.train)) if report.sampling else ""
 
 
 def _data_sources(loaded: LoadedStudy) -> list[str]:
@@ -345,8 +334,7 @@ def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
     s = loaded.study
     df = final_metrics(loaded, trials, tracker)
     paper = paper_table(s.table.paper_csv) if s.table.paper_csv else None
-    metrics = [m for m in s.eval.metrics if m in METRICS]
-    by_hash = {t.config_hash: t for t in trials}
+    metrics = [m for m in s.eval.metrics if m in TABLE_METRICS]
     seeds = sorted({t.seed for t in trials})
     written: list[Path] = []
     sections = [f"# {s.name} ({loaded.profile} profile)", "", s.description.strip(), "",
@@ -356,56 +344,72 @@ def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
     for name, part in loaded.parts:
         if df.empty or name not in set(df.substudy):
             continue
-        num, shown = substudy_table(df, name, list(part.datasets), metrics, paper, s.eval.extractor)
-        csv, tex = out_file(out_dir, f"{name}.csv"), out_file(out_dir, f"{name}.tex")
-        num.to_csv(csv, index=False)
-        tex.write_text(shown.to_latex(index=False, caption=f"{s.name}: {name}", label=f"tab:{s.name}-{name}"))
-        written += [csv, tex]
-        desc = ", ".join(f"{k}" for k in part.axes) or "variants " + ", ".join(part.variants)
-        unit, n = ("step", part.train["steps"]) if "steps" in part.train else ("epoch", part.train.get("epochs"))
-        length = f"{n:,} {unit}{'s' if n != 1 else ''}" if isinstance(n, int) else f"? {unit}s"
-        sections += [f"## {name}", "", f"Varies {desc}; {length} unless varied{_part_sampling(part)}.", "",
-                     _markdown(shown), ""]
-        reasons = sorted({v for c in num.columns if c.startswith("skipped_") for v in num[c].dropna()})
-        sections += [f"Skipped: {r}." for r in reasons] + ([""] if reasons else [])
-        if name in s.table.plots:
-            for m in metrics:
-                fig = metric_plot(df, name, s.table.plots[name], m, by_hash, paper,
-                                  out_file(out_dir, f"{name}_{m}.png"),
-                                  f"{s.name} [{loaded.profile}] {name}: mean ± sd over seeds; dashed: paper",
-                                  s.eval.extractor)
-                if fig:
-                    written.append(fig)
-                    sections += [f"![{name} {m}]({fig.name})", ""]
-        if name in s.table.curves:
-            fig = curves_plot(df, name, tuple(s.table.curves[name]), tracker,
-                              out_file(out_dir, f"{name}_curves.png"),
-                              f"{s.name} [{loaded.profile}] {name}: over training steps, mean ± sd over seeds")
-            if fig:
-                written.append(fig)
-                sections += [f"![{name} curves]({fig.name})", ""]
+        sections += _substudy_section(loaded, trials, tracker, df, paper, metrics, name, part, out_dir, written)
     for combo, names in s.table.combine.items():  # e.g. diffusion_vs_gan: the baseline's and the GAN's rows
-        rows = df[df.substudy.isin(names)].copy() if not df.empty else df
-        if rows.empty:
-            continue
-        rows["order"] = [list(names).index(n) * 100_000 + o for n, o in zip(rows.substudy, rows.order)]
-        rows["substudy"] = combo
-        datasets = list(dict.fromkeys(d for n, part in loaded.parts if n in names for d in part.datasets))
-        num, shown = substudy_table(rows, combo, datasets, metrics, paper, s.eval.extractor)
-        csv = out_file(out_dir, f"{combo}.csv")
-        num.to_csv(csv, index=False)
-        written.append(csv)
-        sections += [f"## {combo}", "", f"Rows of {', '.join(names)}.", "", _markdown(shown), ""]
+        sections += _combined_section(loaded, df, paper, metrics, combo, names, out_dir, written)
     if len(s.table.scatter) == 2:
         x, y = s.table.scatter
         fig = scatter_plot(df, x, y, s.eval.extractor, paper, out_file(out_dir, f"{x}_vs_{y}.png"),
                            f"{s.name} [{loaded.profile}]: every trial")
         if fig:
             written.append(fig)
-            sections += [f"## {metric_spec(x, s.eval.extractor)[0]} against {metric_spec(y, s.eval.extractor)[0]}",
-                         "", f"![scatter]({fig.name})", ""]
+            xl, yl = table_metric(x, s.eval.extractor).label, table_metric(y, s.eval.extractor).label
+            sections += [f"## {xl} against {yl}", "", f"![scatter]({fig.name})", ""]
     fig = points_figure(df, loaded, tracker, out_file(out_dir, "points.png"))
     if fig:
         written.append(fig)
         sections += ["## Generated against real points", "", f"![generated vs real]({fig.name})", ""]
     return written, "\n".join(sections)
+
+
+def _substudy_section(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, df: pd.DataFrame,
+                      paper: pd.DataFrame | None, metrics: list[str], name: str, part: Study, out_dir: Path,
+                      written: list[Path]) -> list[str]:
+    """One substudy's table (<name>.csv/.tex, appended to ``written`` with its plots) and its report lines."""
+    s = loaded.study
+    num, shown = substudy_table(df, name, list(part.datasets), metrics, paper, s.eval.extractor)
+    csv, tex = out_file(out_dir, f"{name}.csv"), out_file(out_dir, f"{name}.tex")
+    num.to_csv(csv, index=False)
+    tex.write_text(shown.to_latex(index=False, caption=f"{s.name}: {name}", label=f"tab:{s.name}-{name}"))
+    written += [csv, tex]
+    desc = ", ".join(f"{k}" for k in part.axes) or "variants " + ", ".join(part.variants)
+    unit, n = ("step", part.train["steps"]) if "steps" in part.train else ("epoch", part.train.get("epochs"))
+    length = f"{n:,} {unit}{'s' if n != 1 else ''}" if isinstance(n, int) else f"? {unit}s"
+    sampling = _part_sampling(part)
+    sections = [f"## {name}", "", f"Varies {desc}; {length} unless varied{'; ' + sampling if sampling else ''}.", "",
+                _markdown(shown), ""]
+    reasons = sorted({v for c in num.columns if c.startswith("skipped_") for v in num[c].dropna()})
+    sections += [f"Skipped: {r}." for r in reasons] + ([""] if reasons else [])
+    if name in s.table.plots:
+        by_hash = {t.config_hash: t for t in trials}
+        for m in metrics:
+            fig = metric_plot(df, name, s.table.plots[name], m, by_hash, paper, out_file(out_dir, f"{name}_{m}.png"),
+                              f"{s.name} [{loaded.profile}] {name}: mean ± sd over seeds; dashed: paper",
+                              s.eval.extractor)
+            if fig:
+                written.append(fig)
+                sections += [f"![{name} {m}]({fig.name})", ""]
+    if name in s.table.curves:
+        fig = curves_plot(df, name, tuple(s.table.curves[name]), tracker, out_file(out_dir, f"{name}_curves.png"),
+                          f"{s.name} [{loaded.profile}] {name}: over training steps, mean ± sd over seeds")
+        if fig:
+            written.append(fig)
+            sections += [f"![{name} curves]({fig.name})", ""]
+    return sections
+
+
+def _combined_section(loaded: LoadedStudy, df: pd.DataFrame, paper: pd.DataFrame | None, metrics: list[str],
+                      combo: str, names: tuple[str, ...], out_dir: Path, written: list[Path]) -> list[str]:
+    """A table made of other substudies' rows in their order (<combo>.csv, appended to ``written``) and its report
+    lines; [] when none of them has a row."""
+    rows = df[df.substudy.isin(names)].copy() if not df.empty else df
+    if rows.empty:
+        return []
+    rows["order"] = [list(names).index(n) * 100_000 + o for n, o in zip(rows.substudy, rows.order)]
+    rows["substudy"] = combo
+    datasets = list(dict.fromkeys(d for n, part in loaded.parts if n in names for d in part.datasets))
+    num, shown = substudy_table(rows, combo, datasets, metrics, paper, loaded.study.eval.extractor)
+    csv = out_file(out_dir, f"{combo}.csv")
+    num.to_csv(csv, index=False)
+    written.append(csv)
+    return [f"## {combo}", "", f"Rows of {', '.join(names)}.", "", _markdown(shown), ""]

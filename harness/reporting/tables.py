@@ -7,75 +7,30 @@ same quantity. Distances in a classifier's feature space are labelled as such an
 
 from __future__ import annotations
 
-import importlib.resources
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from harness.reporting.metrics import FEATURE_SPACES, Metric, image_distances, same_as_paper
+from harness.reporting.sources import markdown as _markdown
+from harness.reporting.sources import paper_table, provenance, trial_histories
 from harness.study.spec import LoadedStudy, Trial, out_file
-from harness.tracking import Tracker, run_seconds
+from harness.tracking import Tracker
 
 # Dataset names as the paper's tables print them.
 PAPER_DATASET = {"cifar10": "CIFAR10", "artbench10": "Artbench10"}
-
-
-def paper_table(name: str) -> pd.DataFrame:
-    """A paper's table shipped with the package (harness/paper_tables/<name>)."""
-    with importlib.resources.files("harness").joinpath("paper_tables", name).open() as f:
-        return pd.read_csv(f)
-
-
-def metric_names(extractor: str) -> tuple[str, str, str]:
-    """(distance key, kernel-distance key, label) for an extractor: FID/KID only for Inception features."""
-    if extractor == "inception":
-        return "fid", "kid", "FID"
-    return "fd_classifier", "kd_classifier", "FD (classifier features, not FID)"
-
-
-def trial_histories(trials: list[Trial], tracker: Tracker, keys: list[str]) -> pd.DataFrame:
-    """Long table: one row per (trial, step) with the requested metric keys, for the trials' FINISHED runs."""
-    finished = tracker.finished_runs(trials[0].study) if trials else {}
-    rows: list[dict[str, Any]] = []
-    for t in trials:
-        run = finished.get(t.config_hash)
-        if run is None:
-            continue
-        per_step: dict[int, dict[str, Any]] = {}
-        for key in keys:
-            for m in tracker.client.get_metric_history(run.info.run_id, key):
-                per_step.setdefault(m.step, {})[key] = m.value
-        for step, vals in sorted(per_step.items()):
-            rows.append({"hash": t.config_hash, "variant": t.variant, "dataset": t.dataset, "seed": t.seed,
-                         **{k.split(".")[-1]: v for k, v in t.axes.items()}, "step": step,
-                         "wall_s": run_seconds(run),
-                         "diagnostic": t.diagnostic, **vals})
-    return pd.DataFrame(rows)
-
-
-def provenance(trials: list[Trial], tracker: Tracker) -> str:
-    """Where and how long: the wall-clock span of the trials' finished runs and the machine they ran on."""
-    by_hash = tracker.trial_runs(trials[0].study) if trials else {}
-    finished = [r for t in trials for r in by_hash.get(t.config_hash, [])[:1] if r.info.status == "FINISHED"]
-    if not finished:
-        return "No finished trials yet."
-    start = min(r.info.start_time for r in finished) / 1000
-    end = max(r.info.end_time or r.info.start_time for r in finished) / 1000
-    busy = sum(run_seconds(r) or 0.0 for r in finished)
-    tags = finished[0].data.tags
-    machine = tags.get("harness.machine", "unknown machine")
-    versions = tags.get("harness.versions", "")
-    return (f"{len(finished)}/{len(trials)} trials finished; wall clock {(end - start) / 60:.1f} min from the first "
-            f"start to the last end ({busy / 60:.1f} trial-minutes), on {machine} ({tags.get('harness.device', '?')});"
-            f" {versions}.")
+# The papers' distances are Inception distances: their columns are labelled as such whatever we measured.
+PAPER_DISTANCE, PAPER_KERNEL = image_distances("inception")
 
 
 def best_checkpoint_table(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker) -> tuple[pd.DataFrame, str]:
     """Table 1 of the block-sharing paper: Steps (x1e-6), FID and KID (x1e4) of the best checkpoint per variant and
     dataset (the evaluation with the lowest distance), ours beside the paper's. Returns (numeric frame, caption)."""
     s = loaded.study
-    dkey, kkey, label = metric_names(s.eval.extractor)
+    dist, kern = image_distances(s.eval.extractor)
+    dkey, kkey = dist.key, kern.key
     hist = trial_histories(trials, tracker, [dkey, kkey, "n_samples"])
     paper = paper_table(s.table.paper_csv) if s.table.paper_csv else None
     rows = []
@@ -103,26 +58,26 @@ def best_checkpoint_table(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
                 row["paper_steps_million"] = p.steps_million.iloc[0]
                 row["paper_fid"] = p.fid.iloc[0]
                 row["paper_kid_x1e4"] = p.kid_x1e4.iloc[0]
-                if dkey == "fid" and dkey in row:
+                if same_as_paper("fid", s.eval.extractor) and dkey in row:
                     row["fid_diff"] = row["fid"] - row["paper_fid"]
                     row["kid_x1e4_diff"] = row.get("kid_x1e4", float("nan")) - row["paper_kid_x1e4"]
         rows.append(row)
     df = pd.DataFrame(rows)
     steps = sorted({t.train.get("steps") for t in trials})
     n = sorted({t.eval["n_samples"] for t in trials})
-    caption = (f"{s.name}, profile `{loaded.profile}`: best checkpoint (lowest {label}) per variant; "
+    caption = (f"{s.name}, profile `{loaded.profile}`: best checkpoint (lowest {dist.long}) per variant; "
                f"trained {'/'.join(f'{x:,}' for x in steps)} steps, evaluated every {s.eval.every:,} steps with "
                f"n = {'/'.join(str(x) for x in n)} samples against as many training images; "
-               f"features: {'Inception-v3 (torch-fidelity)' if s.eval.extractor == 'inception' else 'a small classifier trained on the dataset (a Frechet/kernel distance in its feature space, not FID/KID)'}; "  # noqa: E501
+               f"features: {FEATURE_SPACES[s.eval.extractor].caption}; "
                f"seeds {', '.join(map(str, s.seeds))}. Paper: {s.paper or 'n/a'} (n = 2000, Inception).")
     return df, caption
 
 
-def _display(df: pd.DataFrame, dkey: str, kkey: str) -> pd.DataFrame:
+def _display(df: pd.DataFrame, dist: Metric, kern: Metric) -> pd.DataFrame:
     """Human-readable columns: mean ± std strings, paper values and differences."""
     out = pd.DataFrame({"Dataset": df.dataset, "Variant": df.variant})
-    dlabel = "FID" if dkey == "fid" else "FD (clf)"
-    klabel = "KID x1e4" if dkey == "fid" else "KD (clf) x1e4"
+    dkey, kkey = dist.key, kern.key
+    dlabel, klabel = dist.short, f"{kern.short} x1e4"
     # Ours as raw steps (CPU-scale runs are far below a million); the paper's in its own unit, x1e-6.
     out["Steps"] = df.get("steps_million", pd.Series([float("nan")] * len(df))).map(
         lambda v: f"{v * 1e6:,.0f}" if pd.notna(v) else "–")
@@ -135,9 +90,12 @@ def _display(df: pd.DataFrame, dkey: str, kkey: str) -> pd.DataFrame:
     out["n"] = df.get("n", pd.Series([None] * len(df))).map(lambda v: f"{int(v)}" if pd.notna(v) else "–")
     out["Trial wall (min)"] = df.get("wall_min", pd.Series([None] * len(df))).map(
         lambda v: f"{v:.1f}" if pd.notna(v) else "–")
-    for col, name, fmt in (("paper_steps_million", "Paper steps x1e-6", "{:.2f}"), ("paper_fid", "Paper FID", "{:.2f}"),
-                           ("paper_kid_x1e4", "Paper KID x1e4", "{:.2f}"), ("fid_diff", "FID diff", "{:+.2f}"),
-                           ("kid_x1e4_diff", "KID x1e4 diff", "{:+.2f}")):
+    pdist, pkern = PAPER_DISTANCE.short, PAPER_KERNEL.short
+    for col, name, fmt in (("paper_steps_million", "Paper steps x1e-6", "{:.2f}"),
+                           ("paper_fid", f"Paper {pdist}", "{:.2f}"),
+                           ("paper_kid_x1e4", f"Paper {pkern} x1e4", "{:.2f}"),
+                           ("fid_diff", f"{pdist} diff", "{:+.2f}"),
+                           ("kid_x1e4_diff", f"{pkern} x1e4 diff", "{:+.2f}")):
         if col in df:
             out[name] = df[col].map(lambda v, f=fmt: f.format(v) if pd.notna(v) else "–")
     return out
@@ -192,15 +150,12 @@ def _write_best_checkpoint(loaded: LoadedStudy, trials: list[Trial], tracker: Tr
                            ) -> tuple[list[Path], str]:
     """table1.{md,csv,tex} and fid_over_steps.png; returns them and the report's body (Table 1, the variants beside
     the paper's in relative terms, Figure 1)."""
-    from harness.reporting.compare import HIGHER_BETTER
-    from harness.reporting.report import beside_paper
-
     s = loaded.study
     df, caption = best_checkpoint_table(loaded, trials, tracker)
-    dkey, kkey, label = metric_names(s.eval.extractor)
-    shown = _display(df, dkey, kkey)
+    dist, kern = image_distances(s.eval.extractor)
+    shown = _display(df, dist, kern)
     prov = provenance(trials, tracker)
-    figure = f"![{label} over training steps](fid_over_steps.png)"
+    figure = f"![{dist.long} over training steps](fid_over_steps.png)"
     written = []
     md = out_file(out_dir, "table1.md")
     md.write_text(f"# {s.name}: Table 1 ({loaded.profile} profile)\n\n{caption}\n\n{prov}\n\n"
@@ -212,32 +167,35 @@ def _write_best_checkpoint(loaded: LoadedStudy, trials: list[Trial], tracker: Tr
     tex = out_file(out_dir, "table1.tex")
     tex.write_text(shown.to_latex(index=False, caption=caption.replace("_", r"\_"), label=f"tab:{s.name}"))
     written.append(tex)
-    hist = trial_histories(trials, tracker, [dkey])
-    fig = fid_over_steps_plot(hist, dkey, label, caption, out_file(out_dir, "fid_over_steps.png"))
+    hist = trial_histories(trials, tracker, [dist.key])
+    fig = fid_over_steps_plot(hist, dist.key, dist.long, caption, out_file(out_dir, "fid_over_steps.png"))
     if fig:
         written.append(fig)
     body = [f"# {s.name} ({loaded.profile} profile)", "", " ".join(s.description.split()), "", caption, "", prov, "",
             "## Table 1", "", _markdown(shown), ""]
-    paper = paper_table(s.table.paper_csv) if s.table.paper_csv else None
-    if paper is not None and dkey in df and df[dkey].notna().any():
-        base = s.table.baseline if s.table.baseline in set(df.variant) else None
-        short = "FID" if dkey == "fid" else "FD (clf)"
-        rel, sentences = beside_paper(df, paper, dkey, short, base, dkey in HIGHER_BETTER)
-        same = set(df.dataset) & set(paper.dataset)
-        body += ["## Beside the paper", "",
-                 ("Table 1 above gives the differences from the paper's numbers on the same dataset. " if same else
-                  f"The paper's numbers are on {' and '.join(dict.fromkeys(paper.dataset))}, ours on "
-                  f"{' and '.join(dict.fromkeys(df.dataset))} at {loaded.profile} scale, so absolute values are not "
-                  "comparable; ") +
-                 (f"each variant's {label} relative to {base} and its rank (1 = best) compare the ordering."
-                  if base else "each variant's rank (1 = best) compares the ordering."), "",
-                 _markdown(rel), "", " ".join(sentences), ""]
+    body += _beside_paper_section(loaded, df, dist)
     if fig:
-        body += [f"## {label} over training steps (Figure 1)", "", figure, ""]
+        body += [f"## {dist.long} over training steps (Figure 1)", "", figure, ""]
     return written, "\n".join(body)
 
 
-def _markdown(df: pd.DataFrame) -> str:
-    from harness.console import format_table
+def _beside_paper_section(loaded: LoadedStudy, df: pd.DataFrame, dist: Metric) -> list[str]:
+    """The report's "Beside the paper" lines: each variant relative to the baseline and its rank, ours and the
+    paper's, with rank correlations; [] without a paper table or measured distances."""
+    from harness.reporting.report import beside_paper
 
-    return format_table(df.to_dict("records"), list(df.columns), markdown=True)
+    s = loaded.study
+    paper = paper_table(s.table.paper_csv) if s.table.paper_csv else None
+    if paper is None or dist.key not in df or not df[dist.key].notna().any():
+        return []
+    base = s.table.baseline if s.table.baseline in set(df.variant) else None
+    rel, sentences = beside_paper(df, paper, dist.key, dist.short, base, dist.higher_better)
+    same = set(df.dataset) & set(paper.dataset)
+    return ["## Beside the paper", "",
+            ("Table 1 above gives the differences from the paper's numbers on the same dataset. " if same else
+             f"The paper's numbers are on {' and '.join(dict.fromkeys(paper.dataset))}, ours on "
+             f"{' and '.join(dict.fromkeys(df.dataset))} at {loaded.profile} scale, so absolute values are not "
+             "comparable; ") +
+            (f"each variant's {dist.long} relative to {base} and its rank (1 = best) compare the ordering."
+             if base else "each variant's rank (1 = best) compares the ordering."), "",
+            _markdown(rel), "", " ".join(sentences), ""]

@@ -189,6 +189,8 @@ class Training:
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         self.gen.set_state(rng["gen"])
+        if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])  # dropout on the GPU draws from CUDA's streams
         self.step = int(state["step"])
         self.restored = {k: v for k, v in state.items() if k not in self._parts and k not in ("rng", "step")}
         self._tags[RESUMED_TAG] = str(self.step)
@@ -199,7 +201,8 @@ class Training:
         if not self.ctx.is_main:
             return None
         return {**{name: part.state_dict() for name, part in self._parts.items()},
-                "rng": {"torch": torch.get_rng_state(), "gen": self.gen.get_state()},
+                "rng": {"torch": torch.get_rng_state(), "gen": self.gen.get_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                 "step": self.step, "config": self.trial, **extra}
 
     def take_tags(self) -> dict[str, str]:
@@ -232,7 +235,8 @@ class Training:
             if is_eval:
                 self.acc.wait_for_everyone()
                 if self.ctx.is_main:
-                    m, artifacts, more = evaluate(self.step, last)
+                    with torch.random.fork_rng():  # training's random streams do not depend on the evaluation
+                        m, artifacts, more = evaluate(self.step, last)
                     metrics.update(m)
                     tags.update(more)
                     ckpt = self.checkpoint(**(checkpoint_extra() if checkpoint_extra else {}))
