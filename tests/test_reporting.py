@@ -19,7 +19,7 @@ import pytest
 from mlflow.entities import Metric as LoggedMetric
 
 from harness.reporting import compare, metrics, pareto, settings, tables
-from harness.reporting.recipe_report import DEFAULT, FALLBACK, RecipeReport, report_of
+from harness.reporting.recipe_report import DEFAULT, RecipeReport, report_of
 from harness.study import spec
 from harness.study.spec import EvalSpec, LoadedStudy, Study, TableSpec, Trial
 from harness.tracking import Tracker
@@ -327,27 +327,27 @@ def test_write_settings_tables_gives_each_substudy_its_section(store, tmp_path, 
 
 
 # ------------------------------------------------------------------------------------------- the recipe's report
-def test_the_recipes_own_report_wins_over_the_fallback(monkeypatch):
+def test_the_registered_report_fills_the_templates(monkeypatch):
     own = RecipeReport(method="our words: n = {eval.n_samples}, {train[steps]} steps of {train[lr]}, {features}",
                        sampling="{eval.n_samples} at once over {train[T]}", defaults={"train.T": 7})
     monkeypatch.setattr("harness.recipes.get_recipe", lambda name: SimpleNamespace(report=own))
     s = Study(name="x", recipe="ddpm", datasets=("d",), variants=("v",), train={"steps": 4},
               eval=EvalSpec(n_samples=16, extractor="classifier"))
-    assert settings.recipe_report("ddpm") is own  # a registered report, even for a recipe the fallback names
+    assert settings.recipe_report("ddpm") is own  # whatever the registration supplies
     assert settings._method_note(s, ["d from f"]) == (
         "our words: n = 16, 4 steps of ?, a classifier trained on the dataset (Frechet/kernel distances in its "
         "feature space, not FID/KID)")
     assert settings._part_sampling(s) == "16 at once over 7"
 
 
-def test_fallback_reports_until_recipes_supply_their_own():
-    from harness.recipes import recipe_names
+def test_the_built_in_recipes_supply_their_report_and_others_get_the_default():
+    from harness.recipes import get_recipe, recipe_names
 
-    assert report_of(SimpleNamespace(), "ddpm") is FALLBACK["ddpm"] and FALLBACK["ddpm"].points_figure
-    assert report_of(SimpleNamespace(report=None), "a-new-recipe") is DEFAULT
-    assert set(FALLBACK) <= set(recipe_names())  # the fallback names registered recipes only
+    assert report_of(SimpleNamespace()) is DEFAULT and report_of(SimpleNamespace(report=None)) is DEFAULT
+    assert get_recipe("ddpm").report.points_figure
     for name in recipe_names():
         assert isinstance(settings.recipe_report(name), RecipeReport)
+        assert name == "null" or get_recipe(name).report is not None, name
     ev = EvalSpec(n_samples=32, sampler="euler", sampler_steps=10, extractor="classifier")
     part = {r: Study(name="x", recipe=r, datasets=("d",), variants=("v",), eval=ev, train={"steps": 4})
             for r in ("ddpm_image", "score", "gan", "classify", "vdiff", "ddpm")}
@@ -369,10 +369,10 @@ def test_points_are_drawn_only_for_recipes_whose_report_asks(store):
 
 
 def test_report_code_does_not_switch_on_recipe_names():
-    names = "|".join(sorted(FALLBACK, key=len, reverse=True))
+    from harness.recipes import recipe_names
+
+    names = "|".join(sorted(recipe_names(), key=len, reverse=True))
     for path in REPORTING.glob("*.py"):
-        if path.name == "recipe_report.py":  # the one marked fallback
-            continue
         text = path.read_text()
         assert not re.search(rf"""["']({names})["']""", text), path.name
         assert not re.search(r"\.recipe\s*(==|!=|\bin\b)", text), path.name

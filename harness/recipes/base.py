@@ -5,9 +5,40 @@ shape becomes zoo overrides. Each ``<recipe>_config`` module defines one ``RECIP
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
+
+IMAGE_QUALITY = ("image quality of n = {eval.n_samples} samples ({eval.sampler}, {eval.sampler_steps} steps) "
+                 "against the first n {reference} images with {features}")
+
+
+@dataclass(frozen=True)
+class RecipeReport:
+    """A recipe's part of the study report (harness.reporting.recipe_report fills the templates: ``{eval.<key>}``,
+    ``{train[<key>]}``, ``{sources}``, ``{features}``, ``{reference}``).
+
+    method: the sentence after "Ours: mean ± std over seeds ...;" saying how the numbers were measured.
+    sampling: a substudy's sampling, after "Varies <axes>; <length> unless varied; " ("": not stated).
+    reference: the split the image distances compare against ("test" or "training").
+    points_figure: draw the best trial's generated points against the real test points (the recipe logs
+        ``samples/points_final.npy``).
+    defaults: values of template fields the study leaves unset: the recipe's own defaults for them.
+    """
+
+    method: str = IMAGE_QUALITY
+    sampling: str = ""
+    reference: str = "test"
+    points_figure: bool = False
+    defaults: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
+
+
+SAMPLING_REPORT = "n = {eval.n_samples} samples, {eval.sampler} with {eval.sampler_steps} steps"
+DEFAULT_REPORT = RecipeReport()  # image quality against reference images, no sampling clause
 
 
 @dataclass(frozen=True)
@@ -29,6 +60,8 @@ class Recipe:
     # The names eval.sampler may take, checked when the study is loaded; () when the recipe does not sample with
     # eval.sampler (the value is then ignored).
     eval_samplers: tuple[str, ...] = ()
+    # What the study report says about this recipe's numbers; None: the default image-quality wording.
+    report: RecipeReport | None = None
 
     def load_trial_fn(self) -> Callable[..., Any]:
         return _resolve(self.trial_fn)

@@ -1,5 +1,5 @@
 """The image-classification recipe's training config: "Modern Methods, Classical Constraints", discriminator part
-(shared/papers/other_papers_spec.md, Paper 1, "Training recipe").
+(docs/papers.md, "Modern Methods, Classical Constraints").
 
 AdamW with OneCycleLR whose peak comes from a learning-rate range test (``lr: null``; exponential sweep
 ``lr_find_min`` -> ``lr_find_max`` over ``lr_find_steps`` steps, not counted against ``steps``), label smoothing,
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.recipes.base import Recipe, image_model_overrides
+from harness.recipes.base import Recipe, RecipeReport, image_model_overrides
 from harness.training.speed import SpeedKeys
 
 LR_RULES = ("steepest", "min_tenth")  # range test -> peak LR: steepest descent of the loss, or a tenth of the minimum
@@ -67,4 +67,7 @@ RECIPE = Recipe(
     trial_fn="harness.recipes.classify:train_classify",
     model_overrides=image_model_overrides,
     description="image classifier: AdamW + OneCycleLR from an LR range test, label smoothing, RandAugment",
+    report=RecipeReport(
+        method=("top-1 accuracy and cross-entropy on the whole test split, {train[steps]} steps of batch "
+                "{train[batch_size]}; training accuracy on augmented batches; data: {sources}")),
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.recipes.base import Recipe
+from harness.recipes.base import Recipe, RecipeReport
 from harness.recipes.score_config import CompressionKeys
 
 
@@ -52,4 +52,6 @@ RECIPE = Recipe(
     model_overrides=_model_overrides,
     training_view=DDPMImageTrain.training_view,
     description="class-conditional image DDPM with classifier-free guidance and EMA; compression arms",
+    report=RecipeReport(sampling="n = {eval.n_samples} samples, ancestral over T = {train[T]} steps",
+                        defaults={"train.T": 1000}),
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.recipes.base import Recipe
+from harness.recipes.base import SAMPLING_REPORT, Recipe, RecipeReport
 from harness.training.speed import SpeedKeys
 
 SAMPLERS = ("dpmpp_2m", "heun", "euler")  # eval.sampler: harness.diffusion.edm.SAMPLERS (which imports torch)
@@ -62,4 +62,5 @@ RECIPE = Recipe(
     model_overrides=_model_overrides,
     eval_samplers=SAMPLERS,
     description="EDM/Karras diffusion (k-diffusion v0.1.1 configs): soft-min-SNR loss, DPM-Solver++(2M) sampling",
+    report=RecipeReport(sampling=SAMPLING_REPORT),
 )

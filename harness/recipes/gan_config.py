@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.recipes.base import Recipe, image_model_overrides
+from harness.recipes.base import Recipe, RecipeReport, image_model_overrides
 from harness.training.speed import SpeedKeys
 
 
@@ -44,4 +44,5 @@ RECIPE = Recipe(
     model_overrides=image_model_overrides,
     description="class-conditional DCGAN (depthwise-separable, spectral norm, label smoothing), generator EMA",
     sampler_fn="harness.recipes.gan:sample_grids",
+    report=RecipeReport(sampling="n = {eval.n_samples} samples", reference="training"),
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.recipes.base import Recipe
+from harness.recipes.base import SAMPLING_REPORT, Recipe, RecipeReport
 from harness.training.speed import SpeedKeys
 
 SAMPLERS = ("euler_maruyama", "pc", "ode")  # eval.sampler: harness.diffusion.score.SAMPLERS (which imports torch)
@@ -80,4 +80,5 @@ RECIPE = Recipe(
     training_view=ScoreTrain.training_view,
     eval_samplers=SAMPLERS,
     description="VE-SDE denoising score matching (Song's tutorial) with EM, PC and ODE samplers; compression arms",
+    report=RecipeReport(sampling=SAMPLING_REPORT),
 )

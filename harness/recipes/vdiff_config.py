@@ -1,5 +1,5 @@
 """The v-diffusion generator recipe's training config ("Modern Methods, Classical Constraints", the generator under
-1M parameters and 50k steps; shared/papers/other_papers_spec.md, Paper 1, section 1.4).
+1M parameters and 50k steps; docs/papers.md, implementation note 1.4).
 
 Continuous-time VP diffusion on log-SNR with the paper's schedules (cosine, linear, spliced cosine-linear), Sobol
 timesteps, the v-objective, class dropout to the null class for classifier-free guidance (paper Eq. 4 with weight
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.recipes.base import Recipe, image_model_overrides
+from harness.recipes.base import SAMPLING_REPORT, Recipe, RecipeReport, image_model_overrides
 from harness.training.speed import SpeedKeys
 
 SAMPLERS = {"ancestral": 1.0, "ddim": 0.0}  # eval.sampler -> eta
@@ -61,4 +61,5 @@ RECIPE = Recipe(
     eval_samplers=tuple(SAMPLERS),
     description="continuous-time v-diffusion (Crowson) with CFG, Sobol timesteps, EMA, ancestral/DDIM sampling",
     sampler_fn="harness.recipes.vdiff:sample_grids",
+    report=RecipeReport(sampling=SAMPLING_REPORT, reference="training"),
 )

@@ -12,44 +12,18 @@ from), ``{features}`` (the feature extractor, as ``metrics.FEATURE_SPACES`` desc
 split of the reference images). A value the study leaves unset (absent or None) takes ``defaults["eval.<key>"]`` or
 ``defaults["train.<key>"]``, else "?".
 
-This module imports nothing from the harness, so a recipe's registration can import it.
+``RecipeReport`` itself is defined with the rest of a recipe's registration (harness.recipes.base).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
-IMAGE_QUALITY = ("image quality of n = {eval.n_samples} samples ({eval.sampler}, {eval.sampler_steps} steps) "
-                 "against the first n {reference} images with {features}")
-
-
-@dataclass(frozen=True)
-class RecipeReport:
-    """A recipe's part of the report.
-
-    method: the sentence after "Ours: mean ± std over seeds ...;" saying how the numbers were measured.
-    sampling: a substudy's sampling, after "Varies <axes>; <length> unless varied; " ("": not stated).
-    reference: the split the image distances compare against ("test" or "training").
-    points_figure: draw the best trial's generated points against the real test points (the recipe logs
-        ``samples/points_final.npy``).
-    defaults: values of template fields the study leaves unset: the recipe's own defaults for them.
-    """
-
-    method: str = IMAGE_QUALITY
-    sampling: str = ""
-    reference: str = "test"
-    points_figure: bool = False
-    defaults: Mapping[str, Any] = field(default_factory=dict, hash=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
-
-
-DEFAULT = RecipeReport()
+from harness.recipes.base import DEFAULT_REPORT as DEFAULT
+from harness.recipes.base import IMAGE_QUALITY, RecipeReport  # noqa: F401 - re-exported
 
 
 class _Fields(dict):
@@ -74,29 +48,7 @@ def template_fields(report: RecipeReport, eval_section: Any, train: Mapping[str,
             "train": _Fields(filled("train", train)), "reference": report.reference, **extra}
 
 
-# ------------------------------------------------------------------------------------------------------ fallback
-# FALLBACK, keyed by recipe name, for recipes whose registration does not supply ``report`` yet. This is the only
-# place in the reporting layer that names recipes; a recipe whose registration sets ``report`` is never looked up
-# here, and an entry can go once its recipe supplies its own.
-_SAMPLER = "n = {eval.n_samples} samples, {eval.sampler} with {eval.sampler_steps} steps"
-FALLBACK: dict[str, RecipeReport] = {
-    "ddpm": RecipeReport(
-        method=("test-set EMD over {eval.emd_n} random points and Gaussian-kernel NLL (temperature 0.1), each "
-                "averaged over {eval.runs} sampling runs; data: {sources}"),
-        points_figure=True, defaults={"eval.emd_n": 128, "eval.runs": 3}),
-    "classify": RecipeReport(
-        method=("top-1 accuracy and cross-entropy on the whole test split, {train[steps]} steps of batch "
-                "{train[batch_size]}; training accuracy on augmented batches; data: {sources}")),
-    "ddpm_image": RecipeReport(sampling="n = {eval.n_samples} samples, ancestral over T = {train[T]} steps",
-                               defaults={"train.T": 1000}),
-    "score": RecipeReport(sampling=_SAMPLER),
-    "edm": RecipeReport(sampling=_SAMPLER),
-    "vdiff": RecipeReport(sampling=_SAMPLER, reference="training"),
-    "gan": RecipeReport(sampling="n = {eval.n_samples} samples", reference="training"),
-}
-
-
-def report_of(recipe: Any, name: str) -> RecipeReport:
-    """The report hook of a registered recipe: its own ``report``, else the fallback entry, else ``DEFAULT``."""
+def report_of(recipe: Any) -> RecipeReport:
+    """The report hook of a registered recipe: its own ``report``, else ``DEFAULT``."""
     own = getattr(recipe, "report", None)
-    return own if own is not None else FALLBACK.get(name, DEFAULT)
+    return own if own is not None else DEFAULT

@@ -30,7 +30,7 @@ def recipe_report(name: str) -> RecipeReport:
     """The report hook of the recipe registered as ``name`` (see harness.reporting.recipe_report)."""
     from harness.recipes import get_recipe
 
-    return report_of(get_recipe(name), name)
+    return report_of(get_recipe(name))
 
 
 def _resolved(t: Trial, key: str) -> Any:

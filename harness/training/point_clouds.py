@@ -28,7 +28,7 @@ POINT_DATASETS = ("helix", "sin_5_5")
 SPLITS = ("train", "test")
 _ALIASES = {"helix_3d": "helix", "3d_sin_5_5": "sin_5_5", "sin_5_5_3d": "sin_5_5", "sin": "sin_5_5"}
 _NPY = {"helix": "helix_3D_{split}.npy", "sin_5_5": "3d_sin_5_5_{split}.npy"}  # the homework's file names
-_NPZ = {"helix": "helix_3d.npz", "sin_5_5": "sin_5_5_3d.npz"}  # harness layout (shared/data/README.md)
+_NPZ = {"helix": "helix_3d.npz", "sin_5_5": "sin_5_5_3d.npz"}  # the harness's own layout
 
 
 @dataclass(eq=False)
