@@ -477,24 +477,8 @@ def image_distance(
     ``converted`` (content hash of the converted weights, wherever the file is) or ``file`` (another
     ``weights_path``).
     """
-    _check_images(samples, "samples")
-    _check_images(reference, "reference")
-    _check_key(reference_key, "reference_key")
-    n, m = len(samples), len(reference)
-    if min(n, m) < 2:
-        raise MetricsError(f"FID/KID need at least 2 images on each side, got {n} samples and {m} reference images.")
-    cuda = str(device).startswith("cuda")
-    if cuda and not torch.cuda.is_available():
-        raise MetricsError(f"Metrics device {device!r} requested but CUDA is not available; use device 'cpu'.")
-
-    if extractor == "inception":
-        path, digest, fields = _inception_extractor(weights_path, isc)
-        fe_name, label, prefix = INCEPTION_NAME, INCEPTION_NAME, ""
-    elif extractor == "classifier":
-        path, digest, fields = _classifier_extractor(classifier, isc)
-        fe_name, label, prefix = CLASSIFIER_NAME, f"classifier:{digest[:12]}", "classifier"
-    else:
-        raise ValueError(f"extractor must be 'inception' or 'classifier', got {extractor!r}")
+    n, m, cuda = _checked_inputs(samples, reference, reference_key, device)
+    path, digest, fields, fe_name, label = _extractor(extractor, weights_path, classifier, isc)
 
     cache_dir = Path(cache_dir).absolute()
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -515,21 +499,71 @@ def image_distance(
     stats = fid_features_to_statistics(feats[layer])
     key = (f"harness reference features v{REFERENCE_CACHE_VERSION}; extractor {fe_name} layer {layer} weights "
            f"{digest}; reference {reference_key} sha256 {ref_digest} n {m}")  # fmt: skip
-    file = cache_dir / f"{cache_name}.npz"
     like = {"features": feats[layer].numpy(), "mu": stats["mu"], "sigma": stats["sigma"]}
-    with _file_lock(file.with_suffix(".lock")):  # concurrent trials: one computes, the others then read
-        ref = _read_reference_cache(file, key, m, like, need_features=kid)
-        if ref is None:
-            ref_feats = get_featuresdict_from_dataset(_UInt8Images(reference), fe, bs, cuda, True, False)[layer]
-            ref = {"features": ref_feats.numpy(), **fid_features_to_statistics(ref_feats)}
-            _write_reference_cache(file, key, ref)
+    ref = _reference_features(cache_dir / f"{cache_name}.npz", key, m, like, kid,
+                              lambda: get_featuresdict_from_dataset(_UInt8Images(reference), fe, bs, cuda, True,
+                                                                    False)[layer])
     out = fid_statistics_to_metric(stats, {"mu": ref["mu"], "sigma": ref["sigma"]}, False)
     if kid:
         out.update(kid_features_to_metric(feats[layer], torch.from_numpy(ref["features"]), kid_subset_size=subset,
                                           rng_seed=seed, verbose=False))  # fmt: skip
     if isc:
         out.update(isc_features_to_metric(feats[layers[1]], min(10, n), True, seed))
-    names = ("fd_classifier", "kd_classifier", "kd_classifier_std") if prefix else ("fid", "kid", "kid_std")
+    result = _named(out, extractor, kid, isc)
+    weights = fields.pop("weights")
+    result.update(fields)
+    result.update(
+        n_samples=n, n_reference=m, extractor=label, weights=weights,
+        kid_subset_size=subset if kid else None, reference_cache=cache_name,
+    )  # fmt: skip
+    return result
+
+
+def _checked_inputs(samples: torch.Tensor, reference: torch.Tensor, reference_key: str,
+                    device: str) -> tuple[int, int, bool]:
+    """(n samples, m reference images, on CUDA?) once the inputs are checked."""
+    _check_images(samples, "samples")
+    _check_images(reference, "reference")
+    _check_key(reference_key, "reference_key")
+    n, m = len(samples), len(reference)
+    if min(n, m) < 2:
+        raise MetricsError(f"FID/KID need at least 2 images on each side, got {n} samples and {m} reference images.")
+    cuda = str(device).startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        raise MetricsError(f"Metrics device {device!r} requested but CUDA is not available; use device 'cpu'.")
+    return n, m, cuda
+
+
+def _extractor(extractor: str, weights_path: str | os.PathLike | None, classifier: str | os.PathLike | None,
+               isc: bool) -> tuple[Path, str, dict[str, Any], str, str]:
+    """(weights file, weights digest, result fields, torch-fidelity extractor name, label) of ``extractor``."""
+    if extractor == "inception":
+        path, digest, fields = _inception_extractor(weights_path, isc)
+        return path, digest, fields, INCEPTION_NAME, INCEPTION_NAME
+    if extractor == "classifier":
+        path, digest, fields = _classifier_extractor(classifier, isc)
+        return path, digest, fields, CLASSIFIER_NAME, f"classifier:{digest[:12]}"
+    raise ValueError(f"extractor must be 'inception' or 'classifier', got {extractor!r}")
+
+
+def _reference_features(file: Path, key: str, m: int, like: dict[str, np.ndarray], kid: bool,
+                        extract: Any) -> dict[str, np.ndarray]:
+    """The reference set's features and FID statistics from the cache ``file``, else ``extract()``ed and cached.
+    Under a file lock: of concurrent trials, one computes and the others then read."""
+    with _file_lock(file.with_suffix(".lock")):
+        ref = _read_reference_cache(file, key, m, like, need_features=kid)
+        if ref is None:
+            ref_feats = extract()
+            ref = {"features": ref_feats.numpy(), **fid_features_to_statistics(ref_feats)}
+            _write_reference_cache(file, key, ref)
+    return ref
+
+
+def _named(out: dict[str, Any], extractor: str, kid: bool, isc: bool) -> dict[str, Any]:
+    """torch-fidelity's results under the harness's names: fid/kid for Inception, fd/kd_classifier otherwise (a
+    classifier-feature distance is never called FID)."""
+    inception = extractor == "inception"
+    names = ("fid", "kid", "kid_std") if inception else ("fd_classifier", "kd_classifier", "kd_classifier_std")
     result: dict[str, Any] = {names[0]: float(out[torch_fidelity.KEY_METRIC_FID])}
     if kid:
         result[names[1]] = float(out[torch_fidelity.KEY_METRIC_KID_MEAN])
@@ -537,10 +571,4 @@ def image_distance(
     if isc:
         result["isc"] = float(out[torch_fidelity.KEY_METRIC_ISC_MEAN])
         result["isc_std"] = float(out[torch_fidelity.KEY_METRIC_ISC_STD])
-    weights = fields.pop("weights")
-    result.update(fields)
-    result.update(
-        n_samples=n, n_reference=m, extractor=label, weights=weights,
-        kid_subset_size=subset if kid else None, reference_cache=cache_name,
-    )  # fmt: skip
     return result

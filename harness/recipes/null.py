@@ -10,23 +10,19 @@ from typing import Any
 import torch
 
 from harness.training.context import TrialContext
+from harness.training.loop import Training
 
 
 def train_null(trial: dict[str, Any], ctx: TrialContext) -> None:
     from harness.recipes.null_config import WORK_SIZE, NullTrain
-    from harness.training.loop import trial_model
 
     entered = time.time()
-    cfg = NullTrain(**trial["train"])
-    acc = ctx.accelerator(compile=cfg.compile)
-    torch.manual_seed(int(trial["seed"]))
-    model, model_cfg = trial_model(trial)
+    run = Training(trial, ctx, NullTrain, seed_scale=1)
+    cfg, acc = run.cfg, run.acc
+    model, model_cfg = run.model()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    state = ctx.load_checkpoint(required=("model", "step"))
-    step = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        step = int(state["step"])
+    run.track(model=model)
+    step = run.resume()
     model, opt = acc.prepare(model, opt)
     x = torch.ones(1, model_cfg.features, device=acc.device)
     a = torch.linalg.qr(torch.randn(WORK_SIZE, WORK_SIZE))[0].to(acc.device)  # orthogonal: products stay finite
@@ -63,9 +59,10 @@ def train_null(trial: dict[str, Any], ctx: TrialContext) -> None:
                         metrics[f"{name}_step_seconds"] = phase_time[phase] / phase_count[phase]
             ckpt = None
             if last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-                ckpt = {"model": acc.unwrap_model(model).state_dict(), "step": step} if ctx.is_main else None
+                run.step = step
+                ckpt = run.checkpoint()
             t = time.perf_counter()
-            ctx.report(step, metrics, done=last, checkpoint=ckpt)
+            ctx.report(step, metrics, tags=run.take_tags(), done=last, checkpoint=ckpt)
             report_seconds += time.perf_counter() - t
             reports += 1
         if not last:
