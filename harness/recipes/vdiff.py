@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from harness.study.schema import EvalSpec
 from harness.training.context import TrialContext, TrialFailed
 from harness.training.loop import Training, param_groups, trial_model, typed
 
@@ -133,8 +134,8 @@ def sample_grids(trial: dict[str, Any], state: dict[str, Any], out_dir: Path, n:
     model, model_cfg = trial_model(trial)
     model.load_state_dict(state["ema"])
     model.eval()
-    ev = trial["eval"]
-    sample = make_sampler(model, model_cfg, cfg, sampler or ev["sampler"], steps or ev["sampler_steps"])
+    ev = typed(EvalSpec, trial["eval"])
+    sample = make_sampler(model, model_cfg, cfg, sampler or ev.sampler, steps or ev.sampler_steps)
     x, _ = balanced_sampler(sample, model_cfg.num_classes)(n, torch.Generator().manual_seed(seed))
     tag = f"w{cfg.cfg_weight:g}-s{seed}"
     paths = [grid_png(x, out_dir / f"samples-{tag}.png")]
