@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.run.session import StudySession
 from harness.training.checkpoints import (
     CHECKPOINTS_KEPT,
     FALLBACK_TAG,
@@ -253,7 +254,7 @@ def test_harness_sample_loads_the_newest_usable_checkpoint_and_refuses_in_one_se
     monkeypatch.setattr(harness.recipes.Recipe, "load_sampler_fn", lambda self: sampler_fn)
     lines: list[str] = []
     with pytest.warns(CheckpointWarning):
-        sample_study(study, "smoke", None, t.config_hash, 4, 0, results_dir=results, echo=lines.append)
+        sample_study(StudySession(study, "smoke", None, results_dir=results), t.config_hash, 4, 0, echo=lines.append)
     assert seen[0]["step"] == 1_000_000_000 and set(seen[0]) == {"model", "step"}
     assert "step_1000000000" in lines[0]
     assert (ckpts / "step_1000000003.pt").exists()  # only read: moving files aside is the trial's job
@@ -261,7 +262,7 @@ def test_harness_sample_loads_the_newest_usable_checkpoint_and_refuses_in_one_se
     for p in list_checkpoints(ckpts):
         p.write_bytes(b"garbage")
     with pytest.warns(CheckpointWarning), pytest.raises(UserError) as err:
-        sample_study(study, "smoke", None, t.config_hash, 4, 0, results_dir=results, echo=lines.append)
+        sample_study(StudySession(study, "smoke", None, results_dir=results), t.config_hash, 4, 0, echo=lines.append)
     msg = str(err.value)
     assert t.config_hash in msg and "can be loaded" in msg and "\n" not in msg
 
@@ -288,7 +289,7 @@ def test_a_study_rerun_resumes_past_a_corrupt_newest_checkpoint(tmp_path):
     results = tmp_path / "results"
     started_ray = not ray.is_initialized()
     try:
-        plan = run_study(path, tracking_uri=uri, results_dir=results, echo=lambda _s: None)
+        plan = run_study(StudySession(path, tracking_uri=uri, results_dir=results), echo=lambda _s: None)
         assert set(plan.state.values()) == {"done"}
         (h,) = plan.state
         ckpts = results / "runs" / "ckpt_fallback" / h / "checkpoints"
@@ -299,7 +300,7 @@ def test_a_study_rerun_resumes_past_a_corrupt_newest_checkpoint(tmp_path):
                                filter_string="tags.`harness.kind` = 'trial'")
         c.set_terminated(run.info.run_id, "KILLED")  # as an interrupted study leaves it
 
-        plan = run_study(path, tracking_uri=uri, results_dir=results, echo=lambda _s: None)
+        plan = run_study(StudySession(path, tracking_uri=uri, results_dir=results), echo=lambda _s: None)
         assert set(plan.state.values()) == {"done"}
     finally:
         if started_ray:

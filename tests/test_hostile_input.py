@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 from test_preflight import FakeTracker, study_copy, tree
 
 import harness.run.driver as runner
+import harness.run.preflight as preflight
+import harness.run.session as session
 import harness.study.spec as spec
 from harness.cli.main import main
 from harness.errors import UserError
@@ -109,7 +111,7 @@ def check_mutated_study(tmp_path_factory, text: str) -> None:
     try:  # the loader and the data check: a user error or a plan, nothing else
         loaded = load_study(study)
         expand_trials(loaded)
-        runner._check_data(loaded)
+        preflight._check_data(loaded)
         valid = True
     except UserError as e:
         valid = False
@@ -294,8 +296,8 @@ def test_600_hostile_set_cases(tmp_path_factory, monkeypatch, no_training, case)
 
 @pytest.fixture
 def fake_store(monkeypatch):
-    monkeypatch.setattr(runner, "Tracker", FakeTracker)
-    monkeypatch.setattr(runner, "store_exists", lambda uri: True)
+    monkeypatch.setattr(session, "Tracker", FakeTracker)
+    monkeypatch.setattr(session, "store_exists", lambda uri: True)
 
 
 TABLE_STUDY = ("classical_generator",)  # settings tables, substudies, a combined table and curves

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-import harness.run.driver as runner
+import harness.run.session as runner
 import harness.study.spec as spec
 from harness.cli.main import main
 from harness.errors import UserError

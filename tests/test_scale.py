@@ -107,7 +107,7 @@ def test_unshared_results_directory_is_refused_with_the_nodes_named(tmp_path):
     import ray
 
     from harness.errors import UserError
-    from harness.run.driver import check_shared_storage
+    from harness.run.preflight import check_shared_storage
 
     class Remote:  # a node whose filesystem does not have the driver's files
         def remote(self, path, data_root):

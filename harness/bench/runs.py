@@ -53,7 +53,7 @@ def null_study(name: str, workers: int, trials: int, steps: int, work: int, repo
     each; a little less when the Train driver needs its share)."""
     import os
 
-    from harness.run.driver import TRAIN_DRIVER_CPU
+    from harness.run.preflight import TRAIN_DRIVER_CPU
 
     cores = os.cpu_count() or 1
     cpus = 1.0 if workers == 1 else min(1.0, round((cores - TRAIN_DRIVER_CPU) / workers - 0.005, 3))
@@ -75,6 +75,7 @@ def run_temp_study(study: dict[str, Any], tmp: Path, echo: Echo | None = None) -
 
     from harness.errors import UserError
     from harness.run.driver import run_study
+    from harness.run.session import StudySession
     from harness.tracking import Tracker
 
     path = tmp / f"{study['name']}.yaml"
@@ -83,7 +84,8 @@ def run_temp_study(study: dict[str, Any], tmp: Path, echo: Echo | None = None) -
     started_ray = not ray.is_initialized()
     t = time.time()
     try:
-        plan = run_study(path, tracking_uri=uri, results_dir=tmp / "results", echo=echo or (lambda _s: None))
+        session = StudySession(path, tracking_uri=uri, results_dir=tmp / "results")
+        plan = run_study(session, echo=echo or (lambda _s: None))
     finally:
         if started_ray:  # the local Ray this study started goes with it (each study pays Ray's start, as in use)
             ray.shutdown()

@@ -162,9 +162,10 @@ def study(study_file, profile, sets, dry_run, address, tracking_uri, results_dir
 
     Exits 1 when a trial failed (the others still ran; `harness status` lists the reasons)."""
     from harness.run.driver import run_study
+    from harness.run.session import StudySession
 
-    plan = run_study(study_file, profile, parse_sets(sets), dry_run=dry_run, address=address,
-                     tracking_uri=tracking_uri, results_dir=results_dir, retry_failed=retry_failed, echo=click.echo)
+    session = StudySession(study_file, profile, parse_sets(sets), tracking_uri, results_dir)
+    plan = run_study(session, dry_run=dry_run, address=address, retry_failed=retry_failed, echo=click.echo)
     failed = sum(v == "failed" for v in plan.state.values())
     if failed and not dry_run:
         click.echo(f"{failed} trial(s) failed: `harness status {study_file}` lists the reasons; "
@@ -180,9 +181,10 @@ def study(study_file, profile, sets, dry_run, address, tracking_uri, results_dir
 @_results
 def table(study_file, profile, sets, tracking_uri, results_dir) -> None:
     """Regenerate the study's tables and plots from MLflow into results/<study>/<profile>/."""
-    from harness.run.driver import write_tables
+    from harness.run.commands import write_tables
+    from harness.run.session import StudySession
 
-    write_tables(study_file, profile, parse_sets(sets), tracking_uri, results_dir, echo=click.echo)
+    write_tables(StudySession(study_file, profile, parse_sets(sets), tracking_uri, results_dir), echo=click.echo)
 
 
 @main.command()
@@ -201,10 +203,11 @@ def table(study_file, profile, sets, tracking_uri, results_dir) -> None:
 def compare(study_file, by, metric, baseline, substudy, profile, sets, tracking_uri, results_dir) -> None:
     """Arms of STUDY_FILE side by side (mean ± std over seeds), each paired with the baseline arm: mean difference,
     95% interval and paired t-test; writes results/<study>/<profile>/compare_<key>.{md,csv}."""
-    from harness.run.driver import compare_study
+    from harness.run.commands import compare_study
+    from harness.run.session import StudySession
 
-    compare_study(study_file, by, metric, baseline, profile, parse_sets(sets), tracking_uri, results_dir, substudy,
-                  echo=click.echo)
+    session = StudySession(study_file, profile, parse_sets(sets), tracking_uri, results_dir)
+    compare_study(session, by, metric, baseline, substudy, echo=click.echo)
 
 
 @main.command()
@@ -215,9 +218,10 @@ def compare(study_file, by, metric, baseline, substudy, profile, sets, tracking_
 @_results
 def status(study_file, profile, sets, tracking_uri, results_dir) -> None:
     """Show every trial of STUDY_FILE as done, running, interrupted, failed (with its reason) or missing."""
-    from harness.run.driver import study_status
+    from harness.run.commands import study_status
+    from harness.run.session import StudySession
 
-    study_status(study_file, profile, parse_sets(sets), tracking_uri, results_dir, echo=click.echo)
+    study_status(StudySession(study_file, profile, parse_sets(sets), tracking_uri, results_dir), echo=click.echo)
 
 
 @main.command()
@@ -236,11 +240,12 @@ def status(study_file, profile, sets, tracking_uri, results_dir) -> None:
 def sample(study_file, profile, sets, trial, n, seed, steps, w, sampler, out, results_dir) -> None:
     """Write sample and interpolation grids from finished trials' checkpoints (no training)."""
     from harness.cli.sample import sample_study
+    from harness.run.session import StudySession
 
     if n < 1:
         raise click.BadParameter("must be >= 1", param_hint="--n")
-    sample_study(study_file, profile, parse_sets(sets), trial, n, seed, out, results_dir, steps, w, sampler,
-                 echo=click.echo)
+    session = StudySession(study_file, profile, parse_sets(sets), results_dir=results_dir)
+    sample_study(session, trial, n, seed, out, steps, w, sampler, echo=click.echo)
 
 
 @main.command()
@@ -250,19 +255,16 @@ def sample(study_file, profile, sets, trial, n, seed, steps, w, sampler, out, re
 @_results
 def ui(port, host, tracking_uri, results_dir) -> None:
     """Serve the MLflow UI for the study store (on 127.0.0.1 unless told otherwise)."""
-    import os
     import subprocess
     from pathlib import Path
 
-    from harness.tracking import default_tracking_uri
+    from harness.run.session import no_store, resolve_tracking_uri, store_exists
+    from harness.tracking import runs_page_urls, sqlite_path
 
     rdir = Path(results_dir or "results").resolve()
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(rdir)
-    from harness.run.driver import store_exists
-
+    uri = resolve_tracking_uri(tracking_uri, rdir)
     if not store_exists(uri):
-        raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}; run a study first or pass --results-dir")
-    from harness.tracking import runs_page_urls
+        raise no_store(uri, "run a study first or pass --results-dir")
 
     base = f"http://{host}:{port}"
     click.echo(f"MLflow UI for {uri} at {base}")
@@ -270,7 +272,7 @@ def ui(port, host, tracking_uri, results_dir) -> None:
         click.echo(f"  {name}: {url}")
     sys.stdout.flush()
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    if uri.startswith("sqlite:///"):
+    if sqlite_path(uri) is not None:
         cmd += ["--default-artifact-root", (rdir / "mlartifacts").as_uri()]
     sys.exit(subprocess.call(cmd))
 

@@ -8,23 +8,22 @@ trial checks it (``harness.training.checkpoints.load_newest_checkpoint``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from harness.errors import UserError
-from harness.study.spec import expand_trials, load_study
+from harness.run.session import StudySession
+from harness.study.spec import expand_trials
 from harness.training.checkpoints import list_checkpoints, load_newest_checkpoint
 
 
-def sample_study(path: str | Path, profile: str | None, sets: dict[str, Any] | None, trial: str | None, n: int,
-                 seed: int, out: str | Path | None = None, results_dir: str | Path | None = None,
+def sample_study(session: StudySession, trial: str | None, n: int, seed: int, out: str | Path | None = None,
                  steps: int | None = None, w: float | None = None, sampler: str | None = None,
                  echo=print) -> list[Path]:
     from harness.recipes import get_recipe
-    from harness.run.driver import results_dir_for
 
-    loaded = load_study(path, profile, sets)
+    loaded = session.loaded
     trials = expand_trials(loaded)
-    rdir = results_dir_for(loaded, results_dir)
+    rdir = session.results
+    path = session.path
     chosen = [t for t in trials if not trial or t.config_hash.startswith(trial)]
     if trial and not chosen:
         raise UserError(f"no trial of {loaded.study.name} [{loaded.profile}] has a hash starting with {trial!r}; "
