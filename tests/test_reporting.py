@@ -72,7 +72,7 @@ def log_trial(tracker: Tracker, t: Trial, history: dict[str, list[tuple[int, flo
 
 def loaded_study(study: Study, parts: tuple[tuple[str, Study], ...] = ()) -> LoadedStudy:
     return LoadedStudy(study=study, path=Path("studies/unit.yaml"), profile="unit", raw={},
-                       parts=parts or (("", study),))
+                       substudies=parts or (("", study),))
 
 
 def cells(markdown: str, first: str) -> list[str]:
@@ -337,7 +337,7 @@ def test_the_registered_report_fills_the_templates(monkeypatch):
     assert settings._method_note(s, ["d from f"]) == (
         "our words: n = 16, 4 steps of ?, a classifier trained on the dataset (Frechet/kernel distances in its "
         "feature space, not FID/KID)")
-    assert settings._part_sampling(s) == "16 at once over 7"
+    assert settings._substudy_sampling(s) == "16 at once over 7"
 
 
 def test_the_built_in_recipes_supply_their_report_and_others_get_the_default():
@@ -351,10 +351,10 @@ def test_the_built_in_recipes_supply_their_report_and_others_get_the_default():
     ev = EvalSpec(n_samples=32, sampler="euler", sampler_steps=10, extractor="classifier")
     part = {r: Study(name="x", recipe=r, datasets=("d",), variants=("v",), eval=ev, train={"steps": 4})
             for r in ("ddpm_image", "score", "gan", "classify", "vdiff", "ddpm")}
-    assert settings._part_sampling(part["ddpm_image"]) == "n = 32 samples, ancestral over T = 1000 steps"
-    assert settings._part_sampling(part["score"]) == "n = 32 samples, euler with 10 steps"
-    assert settings._part_sampling(part["gan"]) == "n = 32 samples"
-    assert settings._part_sampling(part["classify"]) == ""
+    assert settings._substudy_sampling(part["ddpm_image"]) == "n = 32 samples, ancestral over T = 1000 steps"
+    assert settings._substudy_sampling(part["score"]) == "n = 32 samples, euler with 10 steps"
+    assert settings._substudy_sampling(part["gan"]) == "n = 32 samples"
+    assert settings._substudy_sampling(part["classify"]) == ""
     assert settings._method_note(part["vdiff"], []).startswith(
         "image quality of n = 32 samples (euler, 10 steps) against the first n training images with a classifier")
     assert settings._method_note(part["classify"], ["d from f"]) == (

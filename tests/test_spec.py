@@ -130,7 +130,7 @@ def test_substudies_expand_their_own_axes_and_share_identical_trials(tmp_path):
     }
     p = write(tmp_path, data)
     loaded = load_study(p, sets={"train.steps": 3})
-    assert sorted(name for name, _ in loaded.parts) == ["depth", "lr"]
+    assert sorted(name for name, _ in loaded.substudies) == ["depth", "lr"]
     trials = expand_trials(loaded)
     # lr: D8 x {1e-4, 5e-4}; depth: D2S4I and D8 at the default lr 5e-4, the latter the same trial as lr=5e-4.
     assert len(trials) == 3

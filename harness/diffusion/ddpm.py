@@ -164,17 +164,32 @@ class DDPM:
         ab = self._at(self.alpha_bar, t, x0)
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
+    def draw(self, n: int, shape: tuple[int, ...], generator: torch.Generator | None = None,
+             device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """What :meth:`loss` draws for a batch of ``n`` samples of ``shape``, in its order: t uniform on
+        {0 .. T-1} (n,), then eps ~ N(0, I) (n, *shape) of ``dtype``, both on the generator's device (``device``
+        without a generator). A data-parallel recipe draws them for the global batch and passes each rank's slice
+        to ``loss``, so any number of workers trains with the randomness of one."""
+        where = generator.device if generator is not None else device
+        t = torch.randint(0, self.T, (n,), generator=generator, device=where)
+        noise = torch.randn((n, *shape), generator=generator, device=where, dtype=dtype)
+        return t, noise
+
     def loss(self, model: EpsModel, x0: Tensor, generator: torch.Generator | None = None,
              t: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
         """The simple epsilon loss (Ho et al. 2020, eq. 14): mean over all elements of (eps_hat(x_t, t) - eps)^2,
-        with t uniform on {0 .. T-1} and eps ~ N(0, I), both drawn from ``generator`` unless given."""
+        with t uniform on {0 .. T-1} and eps ~ N(0, I), both drawn from ``generator`` as :meth:`draw` draws them
+        (t first) unless given."""
         n = x0.shape[0]
-        if t is None:
+        if t is None and noise is None:
+            t, noise = self.draw(n, tuple(x0.shape[1:]), generator, x0.device, x0.dtype)
+        elif t is None:
             device = generator.device if generator is not None else x0.device
-            t = torch.randint(0, self.T, (n,), generator=generator, device=device).to(x0.device)
+            t = torch.randint(0, self.T, (n,), generator=generator, device=device)
         t = self._timesteps(t, n, x0.device)
         if noise is None:
             noise = _randn(tuple(x0.shape), generator, x0.device, x0.dtype)
+        noise = noise.to(x0.device)
         eps_hat = model(self.q_sample(x0, t, noise), t)
         return torch.mean((eps_hat - noise) ** 2)
 

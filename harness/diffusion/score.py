@@ -36,13 +36,28 @@ def diffusion_coeff(t: Tensor | float, sigma: float = 25.0) -> Tensor:
     return _diffusion_coeff(torch.as_tensor(t, dtype=torch.float32), sigma)
 
 
+def dsm_draws(n: int, shape: tuple[int, ...], eps: float = EPS,
+              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """What :func:`dsm_loss` draws for a batch of ``n`` samples of ``shape``, in its order, on the CPU: t ~ U(eps, 1)
+    (n,), then z ~ N(0, I) (n, *shape). A data-parallel recipe draws them for the global batch and passes each
+    rank's slice to ``dsm_loss``, so any number of workers trains with the randomness of one."""
+    t = torch.rand(n, generator=generator) * (1.0 - eps) + eps
+    z = torch.randn((n, *shape), generator=generator)
+    return t, z
+
+
 def dsm_loss(score: ScoreFn, x: Tensor, sigma: float = 25.0, eps: float = EPS,
-             generator: torch.Generator | None = None) -> Tensor:
+             generator: torch.Generator | None = None, t: Tensor | None = None,
+             noise: Tensor | None = None) -> Tensor:
     """Denoising score matching (the tutorial's ``loss_fn``): t ~ U(eps, 1), x_t = x + std(t) z, and
-    mean over the batch of sum over pixels of (score(x_t, t) std(t) + z)^2."""
+    mean over the batch of sum over pixels of (score(x_t, t) std(t) + z)^2. ``t`` (N,) and ``noise`` (z, shaped
+    like x) are drawn from ``generator`` as :func:`dsm_draws` does unless given."""
     n = x.shape[0]
-    t = (torch.rand(n, generator=generator) * (1.0 - eps) + eps).to(x.device)
-    z = torch.randn(x.shape, generator=generator).to(x.device)
+    if t is None and noise is None:
+        t, noise = dsm_draws(n, tuple(x.shape[1:]), eps, generator)
+    elif t is None or noise is None:
+        raise ValueError("dsm_loss takes both t and noise, or neither (they are drawn together, t first)")
+    t, z = t.to(x.device), noise.to(x.device)
     std = marginal_prob_std(t, sigma).to(x.device).view(n, *([1] * (x.dim() - 1)))
     s = score(x + z * std, t)
     return torch.mean(torch.sum((s * std + z) ** 2, dim=tuple(range(1, x.dim()))))

@@ -4,6 +4,10 @@ As the CS 726 homework: the train split z-scored with its own statistics, shuffl
 of epochs, the epsilon-MSE loss with t uniform on {0..T-1}, Adam. After the last epoch, `n = len(test)` points are
 sampled ancestrally three times and scored with EMD (128 random points) and the Gaussian-kernel NLL against the test
 and train sets (harness.eval.point_metrics); the generated points of the last run are kept as an artifact.
+
+Batch order, t and the noise are drawn for the global batch of ``batch_size`` points and each rank keeps its slice
+(harness.training.loop), so N data-parallel workers train as one does, provided every batch of an epoch, the last
+(smaller) one included, divides evenly across them: otherwise the ranks leave that batch's remainder untrained.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from harness.training.loop import Training, trial_model
 def train_ddpm(trial: dict[str, Any], ctx: TrialContext) -> None:
     from harness.diffusion.ddpm import DDPM
     from harness.recipes.ddpm_config import DDPMTrain
+    from harness.training.data import shard_slice
     from harness.training.point_clouds import load_study_points
 
     run = Training(trial, ctx, DDPMTrain, seed_scale=1, rate_name="points_per_s")
@@ -39,13 +44,16 @@ def train_ddpm(trial: dict[str, Any], ctx: TrialContext) -> None:
         net.train()
         perm = torch.randperm(n, generator=gen).to(acc.device)
         for start in range(0, n, bs):  # the homework's DataLoader keeps the last, smaller batch
+            idx = perm[start:start + bs]  # the global batch; t and noise for all of it, this rank's slice
+            mine = shard_slice(len(idx), run.rank, run.world_size)
             with ctx.data_wait():
-                batch = x[perm[start:start + bs]]
-            loss = ddpm.loss(net, batch, generator=gen)
+                batch = x[idx[mine]]
+            t, noise = ddpm.draw(len(idx), tuple(x.shape[1:]), gen, x.device, x.dtype)
+            loss = ddpm.loss(net, batch, t=t[mine], noise=noise[mine])
             opt.zero_grad(set_to_none=True)
             acc.backward(loss)
             opt.step()
-            run.window.add(bs, loss=loss)
+            run.window.add(len(batch), loss=loss)
         run.step += 1
         epoch, last = run.step, run.step == cfg.epochs
         if epoch % cfg.log_every == 0 or last:

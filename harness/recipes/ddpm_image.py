@@ -1,10 +1,16 @@
 """The class-conditional image DDPM recipe (dome272's conditional training loop), then the compression study's
 measurements: per epoch, shuffled [-1, 1] batches, t uniform on {0..T-1}, the noise MSE with the labels dropped for
 the whole batch with probability 0.1, AdamW, and the EMA copy; after the last epoch, compression, sizes, inference
-time per image with its NFE (2 per step with guidance), and the quality of n guided samples."""
+time per image with its NFE (2 per step with guidance), and the quality of n guided samples.
+
+t and the noise are drawn for the global batch and each rank keeps its slice (the label-dropout draw is one per
+batch), so N data-parallel workers train as one does (harness.training.loop), provided every batch of an epoch, the
+last (smaller) one included, divides evenly across them: otherwise the ranks leave that batch's remainder untrained.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from typing import Any
@@ -19,6 +25,7 @@ def train_ddpm_image(trial: dict[str, Any], ctx: TrialContext) -> None:
     from harness.diffusion.ddpm import DDPM
     from harness.recipes.compression_eval import check_arm, end_epoch, report_final
     from harness.recipes.ddpm_image_config import DDPMImageTrain
+    from harness.training.data import shard_slice
     from harness.training.ema import ema_update
     from harness.training.speed import to_format
 
@@ -40,15 +47,26 @@ def train_ddpm_image(trial: dict[str, Any], ctx: TrialContext) -> None:
         while run.step < cfg.epochs:
             net.train()
             t0 = time.perf_counter()
-            for _ in range(batches.batches_per_epoch):
+            for i in range(batches.batches_per_epoch):
                 with ctx.data_wait():
                     x, y = next(batches)
                     x = to_format(x, cfg)
                 if model_cfg.num_classes == 0 or float(torch.rand((), generator=gen)) < cfg.label_dropout:
                     y = None  # unconditional batch: what guidance subtracts at sampling time
-                loss = ddpm.loss(lambda x_t, t, y=y: net(x_t, t, y), x, generator=gen)
-                opt.zero_grad(set_to_none=True)
-                acc.backward(loss)
+                # t and noise for this step's global batch (an epoch's last may be smaller), this rank's slice
+                n = min(cfg.batch_size, len(train) - i * cfg.batch_size)
+                t, noise = ddpm.draw(n, tuple(x.shape[1:]), gen, x.device, x.dtype)
+                mine = shard_slice(n, run.rank, run.world_size)
+                # DDP refuses a step that leaves parameters without a gradient, as the label embedding of an
+                # unconditional batch (every rank drops the labels of the same batch): that step averages the
+                # gradients itself, and those parameters keep none, as with one worker
+                manual = y is None and model_cfg.num_classes > 0 and run.world_size > 1
+                with acc.no_sync(net) if manual else contextlib.nullcontext():
+                    loss = ddpm.loss(lambda x_t, t, y=y: net(x_t, t, y), x, t=t[mine], noise=noise[mine])
+                    opt.zero_grad(set_to_none=True)
+                    acc.backward(loss)
+                if manual:
+                    _average_gradients(acc, model)
                 opt.step()
                 if ema is not None:  # a copy of the weights until ema_start optimiser steps, then the EMA
                     ema_update(ema, model, cfg.ema_decay if opt_steps >= cfg.ema_start else 0.0)
@@ -60,6 +78,16 @@ def train_ddpm_image(trial: dict[str, Any], ctx: TrialContext) -> None:
 
     report_final(ctx, cfg, history, ema if ema is not None else model,
                  lambda final: _finish(final, model_cfg, cfg, ddpm, trial["eval"], train, test, ctx, run.seed))
+
+
+def _average_gradients(acc: Any, model: torch.nn.Module) -> None:
+    """The mean over the ranks of the gradients each rank computed (one all-reduce), as DDP would average them."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    mean = acc.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+    for g, v in zip(grads, mean.split([g.numel() for g in grads])):
+        g.copy_(v.view(g.shape))
 
 
 def _finish(model, model_cfg, cfg, ddpm, ev: dict[str, Any], train, test, ctx: TrialContext, seed: int):

@@ -3,6 +3,10 @@
 Per epoch: shuffled batches of [0, 1] images (the tutorial's ToTensor scaling), denoising score matching with
 t ~ U(eps, 1), Adam, an optional EMA. After the last epoch: the trial's compression (pruning, int8 quantisation),
 sizes and parameter counts, inference time per image with the sampler's NFE, and image quality of n samples.
+
+t and the noise are drawn for the global batch and each rank keeps its slice, so N data-parallel workers train as one
+does (harness.training.loop), provided every batch of an epoch, the last (smaller) one included, divides evenly
+across them: otherwise the ranks leave that batch's remainder untrained.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from harness.training.loop import Training
 
 
 def train_score(trial: dict[str, Any], ctx: TrialContext) -> None:
-    from harness.diffusion.score import SAMPLERS, dsm_loss
+    from harness.diffusion.score import SAMPLERS, dsm_draws, dsm_loss
     from harness.recipes.compression_eval import check_arm, end_epoch, report_final
     from harness.recipes.score_config import ScoreTrain
+    from harness.training.data import shard_slice
     from harness.training.ema import ema_update
     from harness.training.speed import to_format
 
@@ -43,11 +48,15 @@ def train_score(trial: dict[str, Any], ctx: TrialContext) -> None:
         while run.step < cfg.epochs:
             net.train()
             t0 = time.perf_counter()
-            for _ in range(batches.batches_per_epoch):
+            for i in range(batches.batches_per_epoch):
                 with ctx.data_wait():
                     x, _y = next(batches)
                     x = to_format(x, cfg)
-                loss = dsm_loss(net, (x + 1) / 2, model.config.sigma, cfg.eps, gen)
+                # t and z for this step's global batch (an epoch's last may be smaller), this rank's slice of them
+                n = min(cfg.batch_size, len(train) - i * cfg.batch_size)
+                t, z = dsm_draws(n, tuple(x.shape[1:]), cfg.eps, gen)
+                mine = shard_slice(n, run.rank, run.world_size)
+                loss = dsm_loss(net, (x + 1) / 2, model.config.sigma, cfg.eps, t=t[mine], noise=z[mine])
                 opt.zero_grad(set_to_none=True)
                 acc.backward(loss)
                 opt.step()

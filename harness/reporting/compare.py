@@ -137,7 +137,7 @@ def markdown(res: pd.DataFrame, caption: str) -> str:
 def _question_trials(loaded: LoadedStudy, trials: list[Trial], key: str, substudy: str | None) -> list[Trial]:
     """In a study made of substudies, the trials of the substudies that vary ``key`` (or of ``substudy``): the
     baseline arm is then the baseline of that question, not every trial that happens to share its value."""
-    names = [name for name, _ in loaded.parts if name]
+    names = [name for name, _ in loaded.substudies if name]
     if not names:
         return trials
     if substudy is not None:

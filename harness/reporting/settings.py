@@ -52,26 +52,26 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def setting_of(t: Trial, part: Study) -> str:
+def setting_of(t: Trial, sub: Study) -> str:
     """The raw setting of a trial within a substudy: its axis values (as resolved), or its variant."""
-    if not part.axes:
+    if not sub.axes:
         return t.variant
-    items = [(k, _resolved(t, k)) for key in part.axes for k in key.split("+")]
+    items = [(k, _resolved(t, k)) for key in sub.axes for k in key.split("+")]
     raw = _fmt(items[0][1]) if len(items) == 1 else " ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in items)
-    return f"{t.variant} {raw}" if len(part.variants) > 1 else raw
+    return f"{t.variant} {raw}" if len(sub.variants) > 1 else raw
 
 
-def _position(raw: str, part: Study) -> int:
+def _position(raw: str, sub: Study) -> int:
     """Where a setting stands in its substudy as written (axes values in grid order, or the variants' order)."""
-    if not part.axes:
-        return part.variants.index(raw) if raw in part.variants else len(part.variants)
-    if len(part.variants) > 1:
+    if not sub.axes:
+        return sub.variants.index(raw) if raw in sub.variants else len(sub.variants)
+    if len(sub.variants) > 1:
         variant, _, raw = raw.partition(" ")
-        offset = part.variants.index(variant) if variant in part.variants else len(part.variants)
-        return offset * 10_000 + _position(raw, dataclasses.replace(part, variants=(variant,)))
-    keys = [k for key in part.axes for k in key.split("+")]
-    combos = [sum(([v] if "+" not in key else list(v) for key, v in zip(part.axes, combo)), [])
-              for combo in itertools.product(*part.axes.values())]
+        offset = sub.variants.index(variant) if variant in sub.variants else len(sub.variants)
+        return offset * 10_000 + _position(raw, dataclasses.replace(sub, variants=(variant,)))
+    keys = [k for key in sub.axes for k in key.split("+")]
+    combos = [sum(([v] if "+" not in key else list(v) for key, v in zip(sub.axes, combo)), [])
+              for combo in itertools.product(*sub.axes.values())]
     names = [_fmt(c[0]) if len(keys) == 1 else " ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in zip(keys, c))
              for c in combos]
     return names.index(raw) if raw in names else len(names)
@@ -82,18 +82,18 @@ def final_metrics(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker) ->
     finished = tracker.finished_runs(loaded.study.name) if trials else {}
     labels = loaded.study.table.labels
     rows = []
-    for name, part in loaded.parts:
+    for name, sub in loaded.substudies:
         for t in trials:
             if name not in t.substudies:
                 continue
             run = finished.get(t.config_hash)
             if run is None:
                 continue
-            raw = setting_of(t, part)
+            raw = setting_of(t, sub)
             label = labels.get(f"{name}/{raw}", labels.get(raw, raw))
             rows.append({"substudy": name, "setting_raw": raw, "setting": label,
                          "dataset": t.dataset, "seed": t.seed, "variant": t.variant, "hash": t.config_hash,
-                         "run_id": run.info.run_id, "order": _position(raw, part),
+                         "run_id": run.info.run_id, "order": _position(raw, sub),
                          "skipped": run.data.tags.get("harness.skipped"), **run.data.metrics})
     return pd.DataFrame(rows)
 
@@ -311,10 +311,10 @@ def _method_note(s: Study, sources: list[str]) -> str:
                                                     features=FEATURE_SPACES[s.eval.extractor].method))
 
 
-def _part_sampling(part: Study) -> str:
+def _substudy_sampling(sub: Study) -> str:
     """How a substudy's samples were drawn, in its recipe's words ("" when its recipe states none)."""
-    report = recipe_report(part.recipe)
-    return report.sampling.format_map(template_fields(report, part.eval, part.train)) if report.sampling else ""
+    report = recipe_report(sub.recipe)
+    return report.sampling.format_map(template_fields(report, sub.eval, sub.train)) if report.sampling else ""
 
 
 def _data_sources(loaded: LoadedStudy) -> list[str]:
@@ -323,7 +323,7 @@ def _data_sources(loaded: LoadedStudy) -> list[str]:
 
     load = get_recipe(loaded.study.recipe).load_data_fn()
     data = {**dataclasses.asdict(loaded.study.data), "root": str(loaded.data_root())}
-    names = dict.fromkeys(d for _, part in loaded.parts for d in part.datasets)
+    names = dict.fromkeys(d for _, sub in loaded.substudies for d in sub.datasets)
     return [f"{name} from {load(name, data, 'train').source}" for name in names]
 
 
@@ -341,10 +341,10 @@ def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
                 f"Paper: {s.paper}. Ours: mean ± std over seeds {', '.join(map(str, seeds))}; "
                 f"{_method_note(s, _data_sources(loaded))}; "
                 f"profile `{loaded.profile}`.", "", provenance(trials, tracker), ""]
-    for name, part in loaded.parts:
+    for name, sub in loaded.substudies:
         if df.empty or name not in set(df.substudy):
             continue
-        sections += _substudy_section(loaded, trials, tracker, df, paper, metrics, name, part, out_dir, written)
+        sections += _substudy_section(loaded, trials, tracker, df, paper, metrics, name, sub, out_dir, written)
     for combo, names in s.table.combine.items():  # e.g. diffusion_vs_gan: the baseline's and the GAN's rows
         sections += _combined_section(loaded, df, paper, metrics, combo, names, out_dir, written)
     if len(s.table.scatter) == 2:
@@ -363,19 +363,19 @@ def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
 
 
 def _substudy_section(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, df: pd.DataFrame,
-                      paper: pd.DataFrame | None, metrics: list[str], name: str, part: Study, out_dir: Path,
+                      paper: pd.DataFrame | None, metrics: list[str], name: str, sub: Study, out_dir: Path,
                       written: list[Path]) -> list[str]:
     """One substudy's table (<name>.csv/.tex, appended to ``written`` with its plots) and its report lines."""
     s = loaded.study
-    num, shown = substudy_table(df, name, list(part.datasets), metrics, paper, s.eval.extractor)
+    num, shown = substudy_table(df, name, list(sub.datasets), metrics, paper, s.eval.extractor)
     csv, tex = out_file(out_dir, f"{name}.csv"), out_file(out_dir, f"{name}.tex")
     num.to_csv(csv, index=False)
     tex.write_text(shown.to_latex(index=False, caption=f"{s.name}: {name}", label=f"tab:{s.name}-{name}"))
     written += [csv, tex]
-    desc = ", ".join(f"{k}" for k in part.axes) or "variants " + ", ".join(part.variants)
-    unit, n = ("step", part.train["steps"]) if "steps" in part.train else ("epoch", part.train.get("epochs"))
+    desc = ", ".join(f"{k}" for k in sub.axes) or "variants " + ", ".join(sub.variants)
+    unit, n = ("step", sub.train["steps"]) if "steps" in sub.train else ("epoch", sub.train.get("epochs"))
     length = f"{n:,} {unit}{'s' if n != 1 else ''}" if isinstance(n, int) else f"? {unit}s"
-    sampling = _part_sampling(part)
+    sampling = _substudy_sampling(sub)
     sections = [f"## {name}", "", f"Varies {desc}; {length} unless varied{'; ' + sampling if sampling else ''}.", "",
                 _markdown(shown), ""]
     reasons = sorted({v for c in num.columns if c.startswith("skipped_") for v in num[c].dropna()})
@@ -407,7 +407,7 @@ def _combined_section(loaded: LoadedStudy, df: pd.DataFrame, paper: pd.DataFrame
         return []
     rows["order"] = [list(names).index(n) * 100_000 + o for n, o in zip(rows.substudy, rows.order)]
     rows["substudy"] = combo
-    datasets = list(dict.fromkeys(d for n, part in loaded.parts if n in names for d in part.datasets))
+    datasets = list(dict.fromkeys(d for n, sub in loaded.substudies if n in names for d in sub.datasets))
     num, shown = substudy_table(rows, combo, datasets, metrics, paper, loaded.study.eval.extractor)
     csv = out_file(out_dir, f"{combo}.csv")
     num.to_csv(csv, index=False)

@@ -38,7 +38,7 @@ def plan_study(loaded: LoadedStudy, tracker: Tracker | None, retry_failed: bool 
 
 def trial_table(plan: Plan) -> str:
     rows = []
-    parts = any(name for name, _ in plan.loaded.parts)
+    has_substudies = any(name for name, _ in plan.loaded.substudies)
     for t in plan.trials:
         rows.append({
             "variant": t.variant, "dataset": t.dataset, "substudies": ",".join(t.substudies),
@@ -48,7 +48,7 @@ def trial_table(plan: Plan) -> str:
             "hash": t.config_hash, "trained_in": t.train_hash,
             "done": {"done": "yes", "failed": "FAILED", "resume": "partial"}.get(plan.state[t.config_hash], "no"),
         })
-    cols = ["variant", "dataset", *(["substudies"] if parts else []), "axes", "seed", "params", "gflops",
+    cols = ["variant", "dataset", *(["substudies"] if has_substudies else []), "axes", "seed", "params", "gflops",
             "steps" if not any("epochs" in t.train for t in plan.trials) else "epochs", "hash",
             *(["trained_in"] if any(t.train_hash for t in plan.trials) else []), "done"]
     for r in rows:

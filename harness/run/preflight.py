@@ -25,7 +25,7 @@ def _check_data(loaded: LoadedStudy) -> dict[str, str]:
     load = get_recipe(loaded.study.recipe).load_data_fn()
     data = {**dataclasses.asdict(loaded.study.data), "root": str(loaded.data_root())}
     return {name: load(name, data, "train", download=loaded.study.data.download).content_hash()[:16]
-            for name in dict.fromkeys(d for _, part in loaded.parts for d in part.datasets)}
+            for name in dict.fromkeys(d for _, sub in loaded.substudies for d in sub.datasets)}
 
 
 def _data_hashes_if_available(loaded: LoadedStudy) -> dict[str, str] | None:

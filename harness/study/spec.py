@@ -166,7 +166,7 @@ class LoadedStudy:
     path: Path
     profile: str
     raw: dict  # the merged mapping that was validated (written out as the resolved YAML)
-    parts: tuple[tuple[str, Study], ...] = ()  # (substudy name, its study); ("", study) without substudies
+    substudies: tuple[tuple[str, Study], ...] = ()  # (substudy name, its study); ("", study) without substudies
 
     @property
     def project_dir(self) -> Path:
@@ -233,13 +233,13 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
         merged = deep_merge(merged, dotted_to_nested(sets))
     where = str(path)
     study = _validated(merged, where)
-    # A part: the study < its substudy entry < the profile < the profile's entry for the part < --set. A part's
-    # axes replace the study's (they are its question); the profile and --set never touch axes of parts they do
-    # not name.
+    # A substudy: the study < its substudy entry < the profile < the profile's entry for the substudy < --set. A
+    # substudy's axes replace the study's (they are its question); the profile and --set never touch axes of
+    # substudies they do not name.
     global_over = [{k: v for k, v in prof.items() if k not in ("substudies", "axes")},
                    {k: v for k, v in dotted_to_nested(sets or {}).items() if k != "axes"}]
     base = {k: v for k, v in raw.items() if k not in ("substudies", "profiles")}
-    parts: list[tuple[str, Study]] = []
+    substudies: list[tuple[str, Study]] = []
     for name, over in study.substudies.items():
         _check_name(name, "substudy", where)
         if not isinstance(over, dict):
@@ -248,18 +248,18 @@ def load_study(path: str | Path, profile: str | None = None, sets: dict[str, Any
         if bad:
             raise SpecError(f"{where}: substudies.{name} cannot set {bad[0]!r} (set it for the whole study)")
         raw_over = (raw.get("substudies") or {}).get(name) or {}
-        part = deep_merge(base, raw_over)
+        sub = deep_merge(base, raw_over)
         if "axes" in raw_over:
-            part["axes"] = raw_over["axes"]
-        part = deep_merge(part, global_over[0])
+            sub["axes"] = raw_over["axes"]
+        sub = deep_merge(sub, global_over[0])
         own = prof_parts.get(name) or {}
-        part = deep_merge(part, own)
+        sub = deep_merge(sub, own)
         if "axes" in own:
-            part["axes"] = own["axes"]
-        part = deep_merge(part, global_over[1])
-        parts.append((name, _validated(part, f"{where}: substudies.{name}")))
+            sub["axes"] = own["axes"]
+        sub = deep_merge(sub, global_over[1])
+        substudies.append((name, _validated(sub, f"{where}: substudies.{name}")))
     _check_table_refs(study, where)
-    return LoadedStudy(study, path, profile, merged, tuple(parts) or (("", study),))
+    return LoadedStudy(study, path, profile, merged, tuple(substudies) or (("", study),))
 
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
@@ -542,7 +542,7 @@ class Trial:
     params: int
     gflops: float
     diagnostic: bool = False  # over budget but allowed, flagged in tables
-    substudies: tuple[str, ...] = ()  # the parts of the study this trial belongs to (not part of the hash)
+    substudies: tuple[str, ...] = ()  # the substudies this trial belongs to (not part of the hash)
     # Trials with the same train_hash differ only after training (e.g. pruning arms of one baseline) and share one
     # trained model; "" when the recipe does not share (each trial trains its own).
     train_hash: str = ""
@@ -605,39 +605,39 @@ def _set_dotted(sections: dict[str, dict], key: str, value: Any) -> None:
 
 
 def expand_trials(loaded: LoadedStudy) -> list[Trial]:
-    """The grid datasets x variants x axes x seeds of every part of the study, each trial resolved, budget-checked
+    """The grid datasets x variants x axes x seeds of every substudy, each trial resolved, budget-checked
     and hashed; a trial that several substudies share appears once, listing them all.
 
     Models are built on the meta device to count parameters, so nothing is allocated or trained here.
     """
     by_hash: dict[str, Trial] = {}
-    for part_name, part in loaded.parts or (("", loaded.study),):
-        where = f"{loaded.path}: substudies.{part_name}" if part_name else str(loaded.path)
-        part_trials = _expand_part(loaded, part, where)
-        _check_plot_key(loaded, part_name, part_trials)
-        for t in part_trials:
-            t = dataclasses.replace(t, substudies=(part_name,) if part_name else ())
+    for substudy, sub in loaded.substudies or (("", loaded.study),):
+        where = f"{loaded.path}: substudies.{substudy}" if substudy else str(loaded.path)
+        substudy_trials = _expand_substudy(loaded, sub, where)
+        _check_plot_key(loaded, substudy, substudy_trials)
+        for t in substudy_trials:
+            t = dataclasses.replace(t, substudies=(substudy,) if substudy else ())
             old = by_hash.get(t.config_hash)
             if old is None:
                 by_hash[t.config_hash] = t
-            elif part_name and part_name not in old.substudies:
-                by_hash[t.config_hash] = dataclasses.replace(old, substudies=old.substudies + (part_name,))
+            elif substudy and substudy not in old.substudies:
+                by_hash[t.config_hash] = dataclasses.replace(old, substudies=old.substudies + (substudy,))
     return list(by_hash.values())
 
 
-def _check_plot_key(loaded: LoadedStudy, part_name: str, trials: list[Trial]) -> None:
+def _check_plot_key(loaded: LoadedStudy, substudy: str, trials: list[Trial]) -> None:
     """table.plots.<substudy>: its x axis must be a key every trial of the substudy has (or 'depth')."""
-    x = loaded.study.table.plots.get(part_name) if part_name else None
+    x = loaded.study.table.plots.get(substudy) if substudy else None
     if x is None or x == "depth":
         return
     section, _, rest = x.partition(".")
     for t in trials:
         if rest not in {"model": t.model, "train": t.train, "eval": t.eval, "data": t.data}[section]:
-            raise SpecError(f"{loaded.path}: table.plots.{part_name} {x!r} is not a key of the substudy's trials "
+            raise SpecError(f"{loaded.path}: table.plots.{substudy} {x!r} is not a key of the substudy's trials "
                             f"(variant {t.variant!r})")
 
 
-def _expand_part(loaded: LoadedStudy, s: Study, where: str) -> list[Trial]:
+def _expand_substudy(loaded: LoadedStudy, s: Study, where: str) -> list[Trial]:
     import zoo
     from harness.recipes import get_recipe
 
