@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.study.schema import EvalSpec
 from harness.training.context import TrialContext, TrialSkipped
 
 SampleFn = Callable[[int, torch.Generator], tuple[torch.Tensor, int]]  # (n, generator) -> (uint8 images, NFE)
@@ -97,28 +98,28 @@ def grid_png(images: torch.Tensor, path, nrow: int | None = None):
     return path
 
 
-def image_quality(sample: SampleFn, ev: dict[str, Any], train, test, ctx: TrialContext, seed: int):
+def image_quality(sample: SampleFn, ev: EvalSpec, train, test, ctx: TrialContext, seed: int):
     """n generated images against the first n test images: FID/KID (Inception) or the classifier distances."""
     from harness.eval.image_metrics import image_distance, train_classifier_extractor
 
-    n = int(ev["n_samples"])
+    n = int(ev.n_samples)
     t0 = time.perf_counter()
     images, batches = [], []
     g = torch.Generator().manual_seed(seed + 12345)
-    for start in range(0, n, ev["batch_size"]):
-        x, _ = sample(min(ev["batch_size"], n - start), g)
+    for start in range(0, n, ev.batch_size):
+        x, _ = sample(min(ev.batch_size, n - start), g)
         images.append(x)
         batches.append(len(x))
     samples = torch.cat(images)
     metrics: dict[str, float] = {"sample_seconds": time.perf_counter() - t0}
     classifier = None
-    if ev["extractor"] == "classifier":
+    if ev.extractor == "classifier":
         classifier = train_classifier_extractor(train.x, train.y, train.num_classes, ctx.cache_dir,
                                                 train.content_hash()[:16])
     ref = test.x[:n]
     out = image_distance(samples, ref, f"{test.content_hash()[:16]}-{len(ref)}", cache_dir=ctx.cache_dir,
-                         extractor=ev["extractor"], weights_path=ev.get("inception_weights"), classifier=classifier,
-                         kid="kid" in ev["metrics"], seed=0)
+                         extractor=ev.extractor, weights_path=ev.inception_weights, classifier=classifier,
+                         kid="kid" in ev.metrics, seed=0)
     tags = {}
     for key, value in out.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):

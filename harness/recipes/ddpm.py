@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.study.schema import EvalSpec
 from harness.training.context import TrialContext
 from harness.training.loop import Training, trial_model
 
@@ -59,7 +60,7 @@ def train_ddpm(trial: dict[str, Any], ctx: TrialContext) -> None:
         if epoch % cfg.log_every == 0 or last:
             metrics, artifacts = run.window.close(ctx, epoch, unit="epoch"), []
             if last and ctx.is_main:
-                m, artifacts = _evaluate(model, ddpm, cfg, trial["eval"], train, test, run.seed, ctx)
+                m, artifacts = _evaluate(model, ddpm, cfg, run.ev, train, test, run.seed, ctx)
                 metrics.update(m)
             ckpt = run.checkpoint() if epoch % cfg.checkpoint_every == 0 or last else None
             acc.wait_for_everyone()
@@ -68,7 +69,7 @@ def train_ddpm(trial: dict[str, Any], ctx: TrialContext) -> None:
             ctx.save_checkpoint(run.checkpoint(), epoch)  # no report at this epoch: nothing to carry
 
 
-def _evaluate(model, ddpm, cfg, ev: dict[str, Any], train, test, seed: int, ctx: TrialContext):
+def _evaluate(model, ddpm, cfg, ev: EvalSpec, train, test, seed: int, ctx: TrialContext):
     """EMD and NLL over `runs` sampling runs (homework eval.py), the sampling time, and the generated points."""
     from harness.eval.point_metrics import evaluate_points
 
@@ -82,7 +83,7 @@ def _evaluate(model, ddpm, cfg, ev: dict[str, Any], train, test, seed: int, ctx:
         return out
 
     t0 = time.perf_counter()
-    out = evaluate_points(sample, train, test, runs=ev.get("runs") or 3, emd_n=ev.get("emd_n") or 128, seed=seed)
+    out = evaluate_points(sample, train, test, runs=ev.runs or 3, emd_n=ev.emd_n or 128, seed=seed)
     metrics = {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}
     metrics["eval_seconds"] = time.perf_counter() - t0
     path = ctx.run_dir / "samples" / "points_final.npy"

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from harness.study.schema import EvalSpec
 from harness.training.context import TrialContext
 from harness.training.loop import Training
 
@@ -77,7 +78,7 @@ def train_ddpm_image(trial: dict[str, Any], ctx: TrialContext) -> None:
             end_epoch(run, history, time.perf_counter() - t0, opt_steps=opt_steps)
 
     report_final(ctx, cfg, history, ema if ema is not None else model,
-                 lambda final: _finish(final, model_cfg, cfg, ddpm, trial["eval"], train, test, ctx, run.seed))
+                 lambda final: _finish(final, model_cfg, cfg, ddpm, run.ev, train, test, ctx, run.seed))
 
 
 def _average_gradients(acc: Any, model: torch.nn.Module) -> None:
@@ -90,7 +91,7 @@ def _average_gradients(acc: Any, model: torch.nn.Module) -> None:
         g.copy_(v.view(g.shape))
 
 
-def _finish(model, model_cfg, cfg, ddpm, ev: dict[str, Any], train, test, ctx: TrialContext, seed: int):
+def _finish(model, model_cfg, cfg, ddpm, ev: EvalSpec, train, test, ctx: TrialContext, seed: int):
     """Compression, measurements and guided samples of the trained (or EMA) model."""
     from harness.recipes.compression_eval import compress, image_quality, inference_ms_per_image, save_grid
     from harness.training.data import to_uint8
@@ -115,4 +116,4 @@ def _finish(model, model_cfg, cfg, ddpm, ev: dict[str, Any], train, test, ctx: T
     metrics.update(inference_ms_per_image(sample, batch=2, repeats=1))
     quality, tags, samples = image_quality(sample, ev, train, test, ctx, seed)
     metrics.update(quality)
-    return metrics, [save_grid(samples, ctx, ev["grid"])], tags
+    return metrics, [save_grid(samples, ctx, ev.grid)], tags

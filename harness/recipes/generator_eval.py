@@ -9,7 +9,9 @@ from typing import Any
 
 import torch
 
+from harness.study.schema import EvalSpec
 from harness.training.context import TrialContext
+from harness.training.loop import typed
 
 # (n, labels (n,), generator) -> (uint8 images (n, C, H, W), NFE per image)
 LabelledSampler = Callable[[int, torch.Tensor, torch.Generator], tuple[torch.Tensor, int]]
@@ -34,7 +36,7 @@ def evaluate_generator(sample: LabelledSampler, num_classes: int, trial: dict[st
     are comparable over training), their grid, and distances to the first n training images."""
     from harness.recipes.compression_eval import grid_png, image_quality
 
-    ev = trial["eval"]
+    ev = typed(EvalSpec, trial["eval"])
     nfe: dict[str, int] = {}
 
     def counted(n: int, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, int]:
@@ -43,5 +45,5 @@ def evaluate_generator(sample: LabelledSampler, num_classes: int, trial: dict[st
 
     quality, tags, samples = image_quality(balanced_sampler(counted, num_classes), ev, train, train, ctx,
                                            int(trial["seed"]))
-    grid = grid_png(samples[: ev["grid"]], ctx.run_dir / "samples" / f"step_{step:09d}.png")
+    grid = grid_png(samples[: ev.grid], ctx.run_dir / "samples" / f"step_{step:09d}.png")
     return {**quality, "nfe": float(nfe["n"])}, [str(grid)], tags

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from harness.study.schema import EvalSpec
 from harness.training.context import TrialContext, TrialFailed
 from harness.training.loop import Training
 
@@ -68,10 +69,10 @@ def train_score(trial: dict[str, Any], ctx: TrialContext) -> None:
             end_epoch(run, history, time.perf_counter() - t0)
 
     report_final(ctx, cfg, history, ema if ema is not None else model,
-                 lambda final: _finish(final, model_cfg, cfg, trial["eval"], train, test, ctx, run.seed))
+                 lambda final: _finish(final, model_cfg, cfg, run.ev, train, test, ctx, run.seed))
 
 
-def _finish(model, model_cfg, cfg, ev: dict[str, Any], train, test, ctx: TrialContext, seed: int):
+def _finish(model, model_cfg, cfg, ev: EvalSpec, train, test, ctx: TrialContext, seed: int):
     """Compression, measurements and samples of the trained (or EMA) model."""
     from harness.diffusion.score import SAMPLERS
     from harness.recipes.compression_eval import compress, image_quality, inference_ms_per_image, save_grid
@@ -79,8 +80,8 @@ def _finish(model, model_cfg, cfg, ev: dict[str, Any], train, test, ctx: TrialCo
 
     model, metrics = compress(model.eval(), cfg, seed)
     shape = (model_cfg.in_channels, model_cfg.input_size, model_cfg.input_size)
-    sampler = SAMPLERS[ev["sampler"]]
-    kwargs = {"steps": ev["sampler_steps"]} if ev["sampler"] != "ode" else {}
+    sampler = SAMPLERS[ev.sampler]
+    kwargs = {"steps": ev.sampler_steps} if ev.sampler != "ode" else {}
 
     def sample(n: int, g: torch.Generator) -> tuple[torch.Tensor, int]:
         x, nfe = sampler(model, n, shape, sigma=model_cfg.sigma, eps=cfg.sample_eps, generator=g, **kwargs)
@@ -89,4 +90,4 @@ def _finish(model, model_cfg, cfg, ev: dict[str, Any], train, test, ctx: TrialCo
     metrics.update(inference_ms_per_image(sample))
     quality, tags, samples = image_quality(sample, ev, train, test, ctx, seed)
     metrics.update(quality)
-    return metrics, [save_grid(samples, ctx, ev["grid"])], tags
+    return metrics, [save_grid(samples, ctx, ev.grid)], tags
