@@ -97,6 +97,35 @@ def run_temp_study(study: dict[str, Any], tmp: Path, echo: Echo | None = None) -
     return runs, wall
 
 
+def _overhead_row(w: int, runs: list[Any], wall: float) -> dict[str, Any]:
+    """One worker count's medians over its null trials (MLflow run times against the trial's own clock)."""
+    starts, ends, quiet, loud, blocked = [], [], [], [], []
+    to_process, to_recipe, to_step = [], [], []  # where the start goes
+    for r in runs:
+        m = r.data.metrics
+        starts.append(m["first_step_unix"] - r.info.start_time / 1000)
+        to_process.append(m["process_start_unix"] - r.info.start_time / 1000)
+        to_recipe.append(m["recipe_start_unix"] - m["process_start_unix"])
+        to_step.append(m["first_step_unix"] - m["recipe_start_unix"])
+        ends.append(r.info.end_time / 1000 - m["last_step_unix"])
+        quiet.append(m["quiet_step_seconds"])
+        loud.append(m["reporting_step_seconds"])
+        blocked.append(1000 * m["report_seconds"] / max(1, m["reports"] - 1))
+    med = statistics.median
+    cost = [lo / q - 1 for lo, q in zip(loud, quiet)]
+    row = {
+        "workers": w, "trials": len(runs), "study_wall_s": wall,
+        "start_to_first_step_s": med(starts),
+        "start_split_s": f"{med(to_process):.1f} + {med(to_recipe):.1f} + {med(to_step):.1f}",
+        "last_step_to_finished_s": med(ends),
+        "fixed_of_2min": (med(starts) + med(ends)) / TWO_MINUTES,
+        "quiet_step_ms": 1000 * med(quiet), "reporting_step_ms": 1000 * med(loud),
+        "report_cost_of_step": med(cost), "cost_range": f"{min(cost):+.2%} .. {max(cost):+.2%}",
+        "ms_blocked_per_report": med(blocked),
+    }
+    return row
+
+
 def overhead_benchmark(workers: list[int], trials: int, seconds: float, step_seconds: float, out: str | Path,
                        echo: Echo = print, phase_seconds: float = 5.0) -> list[dict[str, Any]]:
     """For each worker count, a study of null trials whose steps alternate between phases of ``phase_seconds``
@@ -114,30 +143,7 @@ def overhead_benchmark(workers: list[int], trials: int, seconds: float, step_sec
         with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
             study = null_study(f"bench_overhead_w{w}", w, trials, steps, work, per_second, phase)
             runs, wall = run_temp_study(study, Path(tmp))
-        starts, ends, quiet, loud, blocked = [], [], [], [], []
-        to_process, to_recipe, to_step = [], [], []  # where the start goes
-        for r in runs:
-            m = r.data.metrics
-            starts.append(m["first_step_unix"] - r.info.start_time / 1000)
-            to_process.append(m["process_start_unix"] - r.info.start_time / 1000)
-            to_recipe.append(m["recipe_start_unix"] - m["process_start_unix"])
-            to_step.append(m["first_step_unix"] - m["recipe_start_unix"])
-            ends.append(r.info.end_time / 1000 - m["last_step_unix"])
-            quiet.append(m["quiet_step_seconds"])
-            loud.append(m["reporting_step_seconds"])
-            blocked.append(1000 * m["report_seconds"] / max(1, m["reports"] - 1))
-        med = statistics.median
-        cost = [lo / q - 1 for lo, q in zip(loud, quiet)]
-        row = {
-            "workers": w, "trials": len(runs), "study_wall_s": wall,
-            "start_to_first_step_s": med(starts),
-            "start_split_s": f"{med(to_process):.1f} + {med(to_recipe):.1f} + {med(to_step):.1f}",
-            "last_step_to_finished_s": med(ends),
-            "fixed_of_2min": (med(starts) + med(ends)) / TWO_MINUTES,
-            "quiet_step_ms": 1000 * med(quiet), "reporting_step_ms": 1000 * med(loud),
-            "report_cost_of_step": med(cost), "cost_range": f"{min(cost):+.2%} .. {max(cost):+.2%}",
-            "ms_blocked_per_report": med(blocked),
-        }
+        row = _overhead_row(w, runs, wall)
         row["targets_met"] = ", ".join(
             f"{name} {'yes' if ok else 'no'}" for name, ok in
             (("fixed", row["fixed_of_2min"] <= FIXED_TARGET), ("report", row["report_cost_of_step"] <= REPORT_TARGET)))
