@@ -10,8 +10,10 @@ and 10k steps): its algorithm on the training skeleton (harness.training.loop).
    ``eval.every`` steps and at the end: validation loss and top-1 accuracy on the test split, and a checkpoint.
 
 Under several workers each rank trains its slice of the global batch (the same batches on any number of workers;
-DDP averages gradients). RandAugment, crop and flip draw from torch's global RNG, seeded per rank, so the
-augmentations (and the range test, run on every rank) are not the same across worker counts.
+DDP averages gradients). The augmentations are drawn for the global batch from ``run.gen`` (the same on every rank)
+and each rank keeps its slice, so any number of workers trains the same augmented samples. The range test runs on
+every rank on its own streams, seeded the same on every rank (batches, augmentations, dropout), so every rank picks
+the same peak LR (from batches of the per-rank size: it depends on the worker count).
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ class BatchAugment:
     """RandAugment, random crop (zero padding) and horizontal flip on a uint8 (B, C, H, W) batch.
 
     Crop and flip are vectorised with per-image offsets; RandAugment (torchvision v2, which draws one op sequence
-    per call) runs on groups of ``group`` images. Randomness comes from torch's global RNG, which the recipe seeds
-    and checkpoints.
+    per call) runs on groups of ``group`` images of the global batch, each under its own seed. ``x`` may be the slice
+    ``mine`` of a global batch of ``total`` images: every draw is made for the global batch from ``gen`` (default
+    torch's global RNG) and the slice's part kept, so the images come out the same however the batch is split. A
+    group cut by the slice boundary is applied to each part under the group's seed: the same ops on both sides (its
+    ops are per-image). RandAugment's own draws come from torch's CPU RNG, seeded per group and restored after.
     """
 
     def __init__(self, randaugment: bool, ops: int, magnitude: int, group: int, crop_pad: int, flip: bool) -> None:
@@ -45,19 +50,31 @@ class BatchAugment:
         self.crop_pad = crop_pad
         self.flip = flip
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None, mine: slice | None = None,
+                 total: int | None = None) -> torch.Tensor:
+        mine = slice(0, len(x)) if mine is None else mine
+        total = len(x) if total is None else total
+        assert mine.stop - mine.start == len(x) and 0 <= mine.start and mine.stop <= total, (mine, len(x), total)
         if self.randaugment is not None:
-            x = torch.cat([self.randaugment(chunk) for chunk in x.split(self.group)])
+            g = self.group
+            seeds = torch.randint(0, 2**62, (-(-total // g),), generator=gen).tolist()  # one per global group
+            parts = []
+            for start in range(mine.start - mine.start % g, mine.stop, g):  # the groups that meet this slice
+                lo, hi = max(start, mine.start) - mine.start, min(start + g, mine.stop) - mine.start
+                with torch.random.fork_rng(devices=[]):  # the CPU RNG only: RandAugment draws there
+                    torch.default_generator.manual_seed(seeds[start // g])
+                    parts.append(self.randaugment(x[lo:hi]))
+            x = torch.cat(parts)
         b, _c, h, w = x.shape
         if self.crop_pad:
             p = self.crop_pad
             padded = F.pad(x, (p, p, p, p))
-            oy, ox = torch.randint(0, 2 * p + 1, (2, b, 1))
-            rows = (oy + torch.arange(h))[:, :, None]  # (B, H, 1)
-            cols = (ox + torch.arange(w))[:, None, :]  # (B, 1, W)
-            x = padded[torch.arange(b)[:, None, None], :, rows, cols].permute(0, 3, 1, 2).contiguous()
+            oy, ox = torch.randint(0, 2 * p + 1, (2, total, 1), generator=gen)[:, mine].to(x.device)
+            rows = (oy + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
+            cols = (ox + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
+            x = padded[torch.arange(b, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2).contiguous()
         if self.flip:
-            mirror = torch.rand(b) < 0.5
+            mirror = (torch.rand(total, generator=gen) < 0.5)[mine].to(x.device)
             x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
         return x
 
@@ -138,11 +155,13 @@ def train_classify(trial: dict[str, Any], ctx: TrialContext) -> None:
     batches = run.batches(train, raw=True)
     run.track(model=model, batches=batches)  # the optimiser and schedule need the peak LR: restored below
     peak_lr = float(run.restored["peak_lr"]) if run.resume("opt", "sched", "peak_lr") else cfg.lr
-    if peak_lr is None:  # range test on its own batch stream, the same on every rank
-        t0 = time.perf_counter()
-        finder_batches = TensorBatches(train, cfg.batch_size // run.world_size,
-                                       torch.Generator().manual_seed(run.seed + 777), device=run.device, raw=True)
-        peak_lr, history = lr_range_test(model, finder_batches, augment, norm, cfg, loss_fn, run.device)
+    if peak_lr is None:  # range test on its own streams (batches, augmentations, dropout), the same on every rank
+        t0, finder_gen = time.perf_counter(), torch.Generator().manual_seed(run.seed + 777)
+        finder_batches = TensorBatches(train, cfg.batch_size // run.world_size, finder_gen, device=run.device, raw=True)
+        with torch.random.fork_rng():
+            torch.manual_seed(run.seed + 777)
+            peak_lr, history = lr_range_test(model, finder_batches, lambda x: augment(x, finder_gen), norm, cfg,
+                                             loss_fn, run.device)
         _report_range_test(ctx, history, peak_lr, time.perf_counter() - t0)
     opt = run.optimizer(torch.optim.AdamW, param_groups(model, peak_lr, cfg.weight_decay), lr=peak_lr,
                         betas=cfg.betas)
@@ -159,7 +178,7 @@ def train_classify(trial: dict[str, Any], ctx: TrialContext) -> None:
         net.train()
         with ctx.data_wait():
             x, y = next(batches)  # this rank's slice of the global batch
-            x = to_format(norm(augment(x)), cfg)  # augmentations from torch's global RNG, per rank
+            x = to_format(norm(augment(x, run.gen, run.mine, cfg.batch_size)), cfg)  # drawn for the global batch
         logits = net(x)
         loss = loss_fn(logits, y)
         opt.zero_grad(set_to_none=True)
