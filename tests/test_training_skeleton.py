@@ -37,7 +37,8 @@ CASES = {
     "score": ("mnist_compression.yaml", "ncsn_depthwise",
               {"train.epochs": 3, "train.log_every": 1, "eval.n_samples": 8, "eval.batch_size": 8}),
     "ddpm_image": ("mnist_compression.yaml", "ddpm_baseline",
-                   {"train.epochs": 3, "train.log_every": 1, "eval.n_samples": 4, "eval.batch_size": 4}),
+                   {"train.epochs": 2, "train.log_every": 1, "train.batch_size": 16, "data.limit": 32,
+                    "eval.n_samples": 4, "eval.batch_size": 4}),
     "ddpm": ("toy_ddpm.yaml", None, {"train.epochs": 4, "train.log_every": 1, "train.checkpoint_every": 2}),
     "null": (None, None, {"train.steps": 6, "train.report_every": 1, "train.checkpoint_every": 3}),
 }
