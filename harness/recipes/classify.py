@@ -181,12 +181,7 @@ def train_classify(trial: dict[str, Any], ctx: TrialContext) -> None:
             x = to_format(norm(augment(x, run.gen, run.mine, cfg.batch_size)), cfg)  # drawn for the global batch
         logits = net(x)
         loss = loss_fn(logits, y)
-        opt.zero_grad(set_to_none=True)
-        run.acc.backward(loss)
-        if cfg.grad_clip > 0:
-            run.acc.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
+        run.optimize(loss, net, opt, sched)
         return len(y), {"train_loss": loss.detach() * len(y), "train_accuracy": (logits.detach().argmax(1) == y).sum()}
 
     def validate(step: int, last: bool):

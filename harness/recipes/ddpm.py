@@ -51,9 +51,7 @@ def train_ddpm(trial: dict[str, Any], ctx: TrialContext) -> None:
                 batch = x[idx[mine]]
             t, noise = ddpm.draw(len(idx), tuple(x.shape[1:]), gen, x.device, x.dtype)
             loss = ddpm.loss(net, batch, t=t[mine], noise=noise[mine])
-            opt.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            opt.step()
+            run.optimize(loss, net, opt)
             run.window.add(len(batch), loss=loss)
         run.step += 1
         epoch, last = run.step, run.step == cfg.epochs

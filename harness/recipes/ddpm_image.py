@@ -28,7 +28,6 @@ def train_ddpm_image(trial: dict[str, Any], ctx: TrialContext) -> None:
     from harness.recipes.ddpm_image_config import DDPMImageTrain
     from harness.training.data import shard_slice
     from harness.training.ema import ema_update
-    from harness.training.speed import to_format
 
     run = Training(trial, ctx, DDPMImageTrain, seed_scale=1)
     cfg, acc, gen = run.cfg, run.acc, run.gen
@@ -46,12 +45,8 @@ def train_ddpm_image(trial: dict[str, Any], ctx: TrialContext) -> None:
         history, opt_steps = list(run.restored.get("history", [])), int(run.restored.get("opt_steps", 0))
         net, opt = acc.prepare(model, opt)
         while run.step < cfg.epochs:
-            net.train()
             t0 = time.perf_counter()
-            for i in range(batches.batches_per_epoch):
-                with ctx.data_wait():
-                    x, y = next(batches)
-                    x = to_format(x, cfg)
+            for i, x, y in run.epoch_batches(batches, net):
                 if model_cfg.num_classes == 0 or float(torch.rand((), generator=gen)) < cfg.label_dropout:
                     y = None  # unconditional batch: what guidance subtracts at sampling time
                 # t and noise for this step's global batch (an epoch's last may be smaller), this rank's slice

@@ -74,16 +74,12 @@ def train_gan(trial: dict[str, Any], ctx: TrialContext) -> None:
         d_real, d_fake = d_net(x, y), d_net(fake.detach(), y_fake)
         loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.full_like(d_real, 1 - cfg.label_smoothing))
                   + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
-        opt_d.zero_grad(set_to_none=True)
-        run.acc.backward(loss_d)
-        opt_d.step()
+        run.optimize(loss_d, d_net, opt_d)
 
         z, y_fake = fakes(x.device)
         d_gen = d_net(g_net(z, y_fake), y_fake)
         loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
-        opt_g.zero_grad(set_to_none=True)
-        run.acc.backward(loss_g)
-        opt_g.step()
+        run.optimize(loss_g, g_net, opt_g)
         ema_update(g_ema, generator, min(cfg.ema_decay, (1 + step) / (10 + step)))
         return len(x), {"loss_d": loss_d, "loss_g": loss_g, "d_real": d_real.detach().sigmoid().mean(),
                         "d_fake": d_fake.detach().sigmoid().mean()}

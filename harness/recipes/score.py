@@ -28,7 +28,6 @@ def train_score(trial: dict[str, Any], ctx: TrialContext) -> None:
     from harness.recipes.score_config import ScoreTrain
     from harness.training.data import shard_slice
     from harness.training.ema import ema_update
-    from harness.training.speed import to_format
 
     run = Training(trial, ctx, ScoreTrain, seed_scale=1)
     cfg, acc, gen = run.cfg, run.acc, run.gen
@@ -47,20 +46,14 @@ def train_score(trial: dict[str, Any], ctx: TrialContext) -> None:
         history = list(run.restored.get("history", []))
         net, opt = acc.prepare(model, opt)
         while run.step < cfg.epochs:
-            net.train()
             t0 = time.perf_counter()
-            for i in range(batches.batches_per_epoch):
-                with ctx.data_wait():
-                    x, _y = next(batches)
-                    x = to_format(x, cfg)
+            for i, x, _y in run.epoch_batches(batches, net):
                 # t and z for this step's global batch (an epoch's last may be smaller), this rank's slice of them
                 n = min(cfg.batch_size, len(train) - i * cfg.batch_size)
                 t, z = dsm_draws(n, tuple(x.shape[1:]), cfg.eps, gen)
                 mine = shard_slice(n, run.rank, run.world_size)
                 loss = dsm_loss(net, (x + 1) / 2, model.config.sigma, cfg.eps, t=t[mine], noise=z[mine])
-                opt.zero_grad(set_to_none=True)
-                acc.backward(loss)
-                opt.step()
+                run.optimize(loss, net, opt)
                 if ema is not None:
                     ema_update(ema, model, cfg.ema_decay)
                 run.window.add(len(x), loss=loss)

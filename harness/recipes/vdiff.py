@@ -97,12 +97,7 @@ def train_vdiff(trial: dict[str, Any], ctx: TrialContext) -> None:
         t = sobol_t(cfg.batch_size, engine)[mine].to(x.device)
         noise = torch.randn((cfg.batch_size, *x.shape[1:]), generator=gen, dtype=x.dtype)[mine].to(x.device)
         loss = v_loss(net, x, y if null else None, cfg.schedule, t, cfg.weighting, noise=noise)
-        opt.zero_grad(set_to_none=True)
-        run.acc.backward(loss)
-        if cfg.grad_clip > 0:
-            run.acc.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
+        run.optimize(loss, net, opt, sched)
         ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
         return len(x), {"loss": loss}
 

@@ -172,6 +172,30 @@ class Training:
 
         return optimizer(cls, params, self.cfg, self.device, **kwargs)
 
+    def optimize(self, loss: torch.Tensor, module: Any, opt: Any, sched: Any = None) -> None:
+        """One optimiser step on ``loss``: gradients zeroed, backward through Accelerate, the norm clipped to
+        ``cfg.grad_clip`` where the recipe has that key and it is > 0, the step, then the schedule's step."""
+        opt.zero_grad(set_to_none=True)
+        self.acc.backward(loss)
+        clip = getattr(self.cfg, "grad_clip", 0)
+        if clip and clip > 0:
+            self.acc.clip_grad_norm_(module.parameters(), clip)
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+    def epoch_batches(self, batches: Any, module: Any) -> Any:
+        """One epoch of this rank's batches as (index, x, y): ``module`` in train mode, each batch fetched inside
+        ``data_wait`` and in the train section's memory format (recipes that count in epochs)."""
+        from harness.training.speed import to_format
+
+        module.train()
+        for i in range(batches.batches_per_epoch):
+            with self.ctx.data_wait():
+                x, y = next(batches)
+                x = to_format(x, self.cfg)
+            yield i, x, y
+
     # ------------------------------------------------------------------------------------------------- state
     def track(self, **parts: Any) -> None:
         """Name the stateful parts (``state_dict``/``load_state_dict``) a checkpoint holds; None parts are left out.
