@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from harness.study.schema import EvalSpec
 from harness.training.context import TrialContext
 from harness.training.loop import Training
 
@@ -73,7 +72,7 @@ def train_ddpm_image(trial: dict[str, Any], ctx: TrialContext) -> None:
             end_epoch(run, history, time.perf_counter() - t0, opt_steps=opt_steps)
 
     report_final(ctx, cfg, history, ema if ema is not None else model,
-                 lambda final: _finish(final, model_cfg, cfg, ddpm, run.ev, train, test, ctx, run.seed))
+                 lambda final: _finish(final, run, model_cfg, ddpm, train, test))
 
 
 def _average_gradients(acc: Any, model: torch.nn.Module) -> None:
@@ -86,11 +85,12 @@ def _average_gradients(acc: Any, model: torch.nn.Module) -> None:
         g.copy_(v.view(g.shape))
 
 
-def _finish(model, model_cfg, cfg, ddpm, ev: EvalSpec, train, test, ctx: TrialContext, seed: int):
+def _finish(model, run: Training, model_cfg, ddpm, train, test):
     """Compression, measurements and guided samples of the trained (or EMA) model."""
     from harness.recipes.compression_eval import compress, image_quality, inference_ms_per_image, save_grid
     from harness.training.data import to_uint8
 
+    cfg, ev, ctx, seed = run.cfg, run.ev, run.ctx, run.seed
     model, metrics = compress(model.eval(), cfg, seed)
     shape = (model_cfg.in_channels, model_cfg.input_size, model_cfg.input_size)
     k = model_cfg.num_classes
