@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from recipe_payloads import smoke_payload
 
 from harness.recipes import get_recipe
 from harness.study.spec import expand_trials, load_study
 from harness.training.context import TrialContext, TrialFailed
 from harness.training.loop import ReportWindow, Training
 
-REPO = Path(__file__).resolve().parents[1]
 TIMING = re.compile(r".*(_per_s|_seconds|_ms|_ms_per_\w+|_share|_unix)$|^(reports|report_seconds)$")
 
 # recipe -> (study file, substudy or None, --set overrides): smoke size, several reports, a checkpoint mid-run
@@ -59,12 +59,7 @@ def payload_for(recipe: str, tmp: Path | None = None) -> dict:
         path.write_text(yaml.safe_dump(null_study("null_resume", 1, 1, steps=6, work=1, report_every=1)))
         trials = expand_trials(load_study(path, None, dict(sets)))
         return trials[0].payload()
-    trials = expand_trials(load_study(REPO / "studies" / study, "smoke", dict(sets)))
-    wanted = {k.split(".", 1)[1]: v for k, v in sets.items() if k.startswith("train.")}
-    mine = [t for t in trials if t.recipe == recipe and (part is None or part in t.substudies)
-            and all(t.train.get(k) == v for k, v in wanted.items())]  # not an arm whose axis overrides them
-    assert mine, f"no {recipe} trial in {study} (smoke)"
-    return mine[0].payload()
+    return smoke_payload(recipe, study, part, sets)
 
 
 def run_trial(payload: dict, tmp: Path, kill_after_checkpoint: bool = False) -> list[dict]:

@@ -41,9 +41,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from recipe_payloads import smoke_payload
 
 from harness.recipes import get_recipe
-from harness.study.spec import expand_trials, load_study
 from harness.training.context import TrialContext
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,13 +113,7 @@ dist.destroy_process_group()
 
 
 def payload_for(recipe: str) -> dict:
-    study, part, sets = CASES[recipe]
-    trials = expand_trials(load_study(REPO / "studies" / study, "smoke", dict(sets)))
-    wanted = {k.split(".", 1)[1]: v for k, v in sets.items() if k.startswith("train.")}
-    mine = [t for t in trials if t.recipe == recipe and (part is None or part in t.substudies)
-            and all(t.train.get(k) == v for k, v in wanted.items())]  # not an arm whose axis overrides them
-    assert mine, f"no {recipe} trial in {study} (smoke)"
-    payload = mine[0].payload()
+    payload = smoke_payload(recipe, *CASES[recipe])
     payload["model"].update(MODEL.get(recipe, {}))
     return payload
 
