@@ -34,8 +34,9 @@ INFRASTRUCTURE = (
     (("NodeDiedError", "node died", "Node died", "node was lost", "NodeDied"), "a Ray node was lost"),
     (("GcsRpcError", "Failed to connect to GCS", "GCS has", "GCS server", "RaySystemError"),
      "the Ray cluster's control service (GCS) went away"),
-    (("RayActorError", "ActorDiedError", "The actor is dead", "ActorUnavailableError", "WorkerCrashedError",
-      "OwnerDiedError", "worker process has died", "Worker unexpectedly exits"),
+    (("RayActorError", "ActorDiedError", "The actor is dead", "ActorUnavailableError",
+      "The actor is temporarily unavailable", "WorkerCrashedError", "OwnerDiedError", "worker process has died",
+      "Worker unexpectedly exits"),
      "a trial's Ray worker process died (killed, out of memory, or its node was lost)"),
 )
 

@@ -112,7 +112,23 @@ def test_a_ray_start_cluster_beside_the_study_is_not_joined(tmp_path, ray_tmp):
         used = {r.data.tags["harness.node_id"] for r in runs(tmp_path / "results", "trial")}
         assert used and not used & started, (used, started)
     finally:
-        subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_cluster(ray_tmp)
+
+
+def _stop_cluster(ray_tmp: str) -> None:
+    """Kill the processes of the `ray start` cluster whose files are under ``ray_tmp``, and only those: `ray stop`
+    kills every Ray process on the machine, other studies' included."""
+    import psutil
+
+    mine = []
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if any(str(ray_tmp) in arg for arg in proc.info["cmdline"] or []):
+                mine += [proc, *proc.children(recursive=True)]
+    for proc in mine:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(mine, timeout=30)
 
 
 # ------------------------------------------------------------------ items 3 and 4: one driver, infrastructure kills
@@ -375,6 +391,11 @@ def test_a_full_disk_under_the_store_is_one_sentence(tmp_path):
     ("ray.exceptions.RayActorError: The actor died unexpectedly before finishing this task.\nThe actor is dead "
      "because its worker process has died.", "a trial's Ray worker process died"),
     ("ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory.", "Ray's memory"),
+    # what a trial's error says when its raylet was killed (`ray stop` elsewhere on the machine): the class name
+    # does not reach the driver, only the message
+    ("The actor 33db5eb161fe1c442aab9c3601000000 is unavailable: The actor is temporarily unavailable: RpcError: "
+     "RPC error: Socket closed rpc_code: 14. The task may or may not have been executed on the actor.",
+     "a trial's Ray worker process died"),
     ("ray.exceptions.NodeDiedError: node died", "a Ray node was lost"),
     (ValueError("training loss became nan by step 2"), None),
     ("ray.exceptions.RayTaskError(ValueError): bad config", None),
