@@ -99,34 +99,41 @@ def grid_png(images: torch.Tensor, path, nrow: int | None = None):
 
 
 def image_quality(sample: SampleFn, ev: EvalSpec, train, test, ctx: TrialContext, seed: int):
-    """n generated images against the first n test images: FID/KID (Inception) or the classifier distances."""
+    """n generated images against the first n test images: FID/KID (Inception) or the classifier distances; with
+    eval.sampling_seeds = k, k draws of n samples (the reference's features are extracted once and cached), their
+    means and <metric>_sampling_sd. Returns (metrics, tags, the first draw's samples)."""
+    from harness.eval.draws import evaluate_draws
     from harness.eval.image_metrics import image_distance, train_classifier_extractor
 
     n = int(ev.n_samples)
-    t0 = time.perf_counter()
-    images, batches = [], []
-    g = torch.Generator().manual_seed(seed + 12345)
-    for start in range(0, n, ev.batch_size):
-        x, _ = sample(min(ev.batch_size, n - start), g)
-        images.append(x)
-        batches.append(len(x))
-    samples = torch.cat(images)
-    metrics: dict[str, float] = {"sample_seconds": time.perf_counter() - t0}
     classifier = None
     if ev.extractor == "classifier":
         classifier = train_classifier_extractor(train.x, train.y, train.num_classes, ctx.cache_dir,
                                                 train.content_hash()[:16])
     ref = test.x[:n]
-    out = image_distance(samples, ref, f"{test.content_hash()[:16]}-{len(ref)}", cache_dir=ctx.cache_dir,
-                         extractor=ev.extractor, weights_path=ev.inception_weights, classifier=classifier,
-                         kid="kid" in ev.metrics, seed=0)
+    first: list[torch.Tensor] = []
+
+    def one(draw: int, noise_seed: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(noise_seed)
+        samples = torch.cat([sample(min(ev.batch_size, n - start), g)[0] for start in range(0, n, ev.batch_size)])
+        seconds = time.perf_counter() - t0
+        if not first:
+            first.append(samples)
+        out = image_distance(samples, ref, f"{test.content_hash()[:16]}-{len(ref)}", cache_dir=ctx.cache_dir,
+                             extractor=ev.extractor, weights_path=ev.inception_weights, classifier=classifier,
+                             kid="kid" in ev.metrics, seed=0)
+        return {"sample_seconds": seconds, **out}
+
+    metrics: dict[str, float] = {}
     tags = {}
-    for key, value in out.items():
+    for key, value in evaluate_draws(ev.sampling_seeds, seed, one).items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             metrics[key] = float(value)
         else:
             tags[f"harness.eval.{key}"] = str(value)
-    return metrics, tags, samples
+    return metrics, tags, first[0]
+
 
 def report_history(ctx: Any, history: list[dict[str, float]], log_every: int) -> dict[str, str]:
     """Report the per-epoch training metrics of a trained model before its final epoch (those the driver already

@@ -101,12 +101,30 @@ def train_edm(trial: dict[str, Any], ctx: TrialContext) -> None:
     run.run(train_step, lambda step, last: evaluate(ema, trial, ctx, train, step), log=lambda: {"epoch": batches.epoch})
 
 
+def _distance_fn(ev: EvalSpec, trial: dict[str, Any], ctx: TrialContext, train):
+    """uint8 samples -> FID/KID (or the classifier distances) against a fixed random subset of n unaugmented
+    training images (spec, Evaluation); the reference's features are extracted once and cached."""
+    from harness.eval.image_metrics import image_distance, train_classifier_extractor
+
+    n = int(ev.n_samples)
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n]
+    ref = train.x[idx]
+    classifier = None
+    if ev.extractor == "classifier":
+        classifier = train_classifier_extractor(train.x, train.y, train.num_classes, ctx.cache_dir,
+                                                train.content_hash()[:16])
+    return lambda samples: image_distance(
+        samples, ref, f"{train.content_hash()[:16]}-{n}", cache_dir=ctx.cache_dir, extractor=ev.extractor,
+        weights_path=ev.inception_weights, classifier=classifier, kid="kid" in ev.metrics, seed=0)
+
+
 def evaluate(ema: nn.Module, trial: dict[str, Any], ctx: TrialContext, train, step: int):
     """Samples from the EMA model, image distances against unaugmented training images, held-out denoising loss,
     and a sample grid. Returns (metrics, artifact paths, tags)."""
     from torchvision.utils import save_image
 
     from harness.diffusion.edm import denoising_loss_at, generate
+    from harness.eval.draws import evaluate_draws
     from harness.training.data import to_uint8
 
     ev: EvalSpec = typed(EvalSpec, trial["eval"])
@@ -114,40 +132,34 @@ def evaluate(ema: nn.Module, trial: dict[str, Any], ctx: TrialContext, train, st
     metrics: dict[str, float] = {}
     tags: dict[str, str] = {}
     t0 = time.perf_counter()
-    g = torch.Generator().manual_seed(int(trial["seed"]) + 12345)  # the same noise at every evaluation
     n = int(ev.n_samples)
-    samples, _labels, nfe = generate(
-        ema, n, (cfg.in_channels, cfg.input_size, cfg.input_size), cfg.num_classes, steps=ev.sampler_steps,
-        sampler=ev.sampler, generator=g, batch_size=ev.batch_size)
-    metrics["sample_seconds"] = time.perf_counter() - t0
-    metrics["nfe"] = nfe
+    wanted = set(ev.metrics)
+    shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
     grid_dir = ctx.run_dir / "samples"
     grid_dir.mkdir(parents=True, exist_ok=True)
     grid_path = grid_dir / f"step_{step:09d}.png"
-    k = min(ev.grid, n)
-    save_image((samples[:k] + 1) / 2, grid_path, nrow=int(math.ceil(math.sqrt(k))))
-    wanted = set(ev.metrics)
-    if wanted & {"fid", "kid"}:
-        from harness.eval.image_metrics import image_distance, train_classifier_extractor
+    distance = _distance_fn(ev, trial, ctx, train) if wanted & {"fid", "kid"} else None
 
-        # Reference: a fixed random subset of unaugmented training images, as many as samples (spec, Evaluation).
-        idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n]
-        ref = train.x[idx]
-        classifier = None
-        if ev.extractor == "classifier":
-            classifier = train_classifier_extractor(train.x, train.y, train.num_classes, ctx.cache_dir,
-                                                    train.content_hash()[:16])
+    def one(draw: int, noise_seed: int) -> dict[str, Any]:
         t1 = time.perf_counter()
-        out = image_distance(
-            to_uint8(samples), ref, f"{train.content_hash()[:16]}-{n}", cache_dir=ctx.cache_dir,
-            extractor=ev.extractor, weights_path=ev.inception_weights, classifier=classifier,
-            kid="kid" in wanted, seed=0)
-        metrics["metric_seconds"] = time.perf_counter() - t1
-        for key, value in out.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                metrics[key] = float(value)
-            else:
-                tags[f"harness.eval.{key}"] = str(value)
+        g = torch.Generator().manual_seed(noise_seed)  # draw 0: the same noise at every evaluation
+        samples, _labels, nfe = generate(ema, n, shape, cfg.num_classes, steps=ev.sampler_steps, sampler=ev.sampler,
+                                         generator=g, batch_size=ev.batch_size)
+        out: dict[str, Any] = {"sample_seconds": time.perf_counter() - t1, "nfe": nfe}
+        if draw == 0:
+            k = min(ev.grid, n)
+            save_image((samples[:k] + 1) / 2, grid_path, nrow=int(math.ceil(math.sqrt(k))))
+        if distance is not None:
+            t2 = time.perf_counter()
+            out.update(distance(to_uint8(samples)))
+            out["metric_seconds"] = time.perf_counter() - t2
+        return out
+
+    for key, value in evaluate_draws(ev.sampling_seeds, int(trial["seed"]), one).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics[key] = float(value)
+        else:
+            tags[f"harness.eval.{key}"] = str(value)
     if "denoise_loss" in wanted:
         held = _heldout(trial, ctx, train)
         x_held = held.x[: min(len(held), 512)]

@@ -61,6 +61,9 @@ class EvalSpec:
     grid: int = 64  # images in the sample grid logged at each evaluation
     runs: int | None = None  # point clouds: sampling runs averaged per evaluation (recipe default 3)
     emd_n: int | None = None  # point clouds: points in the EMD matching (recipe default 128)
+    # image generators: each evaluation samples this many times with different noise seeds and logs the mean of each
+    # distance, plus <metric>_sampling_sd (the sampling noise of one evaluation) from 2 on; None = 1 (one draw)
+    sampling_seeds: int | None = None
 
 
 @dataclass(frozen=True)

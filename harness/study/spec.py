@@ -436,7 +436,7 @@ def check_train(cfg: Any, where: str) -> None:
 def check_eval(ev: EvalSpec, recipe: Any, where: str) -> None:
     """Counts positive and bounded, metric names known, and the sampler one the recipe has (recipes that do not sample
     with eval.sampler ignore it)."""
-    for key in ("every", "n_samples", "batch_size", "grid", "sampler_steps", "runs", "emd_n"):
+    for key in ("every", "n_samples", "batch_size", "grid", "sampler_steps", "runs", "emd_n", "sampling_seeds"):
         _count(getattr(ev, key), f"eval.{key}", where)
     for m in ev.metrics:
         if m not in EVAL_METRICS:
