@@ -181,6 +181,10 @@ def run_compare(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, by: 
                f"per trial), each paired with baseline `{base}` on everything else that identifies a trial "
                f"(seeds {', '.join(map(str, seeds))}). diff: mean paired difference (arm - baseline), with its 95% "
                "t interval and the paired t-test's p.")
+    pooled = sorted({k for t in trials for k in t.axes for k in k.split("+")} - {key})
+    if pooled:  # an arm's own mean spans the other axes' values; only the pairs keep them apart
+        caption += (f" Each arm's mean ± std pools its trials across {', '.join(pooled)} (n counts them); the "
+                    "paired difference compares trials at the same values.")
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "compare_" + key.replace(".", "_")
     md, csv = out_file(out_dir, f"{stem}.md"), out_file(out_dir, f"{stem}.csv")

@@ -20,8 +20,8 @@ import pandas as pd
 
 from harness.reporting.metrics import FEATURE_SPACES, TABLE_METRICS, same_as_paper, table_metric
 from harness.reporting.recipe_report import RecipeReport, report_of, template_fields
+from harness.reporting.sources import axis_values, paper_table, provenance
 from harness.reporting.sources import markdown as _markdown
-from harness.reporting.sources import paper_table, provenance
 from harness.study.spec import LoadedStudy, Study, Trial, out_file
 from harness.tracking import Tracker
 
@@ -169,6 +169,19 @@ def _save(fig, path: Path, caption: str) -> Path:
     return path
 
 
+def plot_lines(sub: pd.DataFrame, trials: list[Trial]) -> list[str]:
+    """The line of each row of a metric-versus-setting plot (rows with ``dataset`` and ``x``, and their trials): its
+    dataset, plus every identifying key (the variant, each axis key) that takes several values at one dataset and
+    x, so a line's mean ± sd is over seeds only and never over another axis or variant."""
+    idents = [{"variant": t.variant, **axis_values(t)} for t in trials]
+    keys = list(dict.fromkeys(k for ident in idents for k in ident))
+    frame = pd.DataFrame({"dataset": sub.dataset.to_numpy(), "x": [str(x) for x in sub.x],
+                          **{k: [str(i.get(k)) for i in idents] for k in keys}})
+    varying = [k for k in keys if (frame.groupby(["dataset", "x"])[k].nunique() > 1).any()]
+    return [" ".join([ds, *(f"{k}={i.get(k)}" if k != "variant" else str(i[k]) for k in varying)])
+            for ds, i in zip(frame.dataset, idents)]
+
+
 def metric_plot(df: pd.DataFrame, name: str, x_key: str, metric: str, trials: dict[str, Trial],
                 paper: pd.DataFrame | None, path: Path, caption: str, extractor: str = "inception") -> Path | None:
     """Metric against the setting (numeric x: epochs, T, depth), one line per dataset, mean ± sd over seeds."""
@@ -188,8 +201,10 @@ def metric_plot(df: pd.DataFrame, name: str, x_key: str, metric: str, trials: di
     else:
         sub["x"] = [_resolved(trials[h], x_key) for h in sub.hash]
         xlabel = x_key.split(".")[-1]
+    sub["line"] = plot_lines(sub, [trials[h] for h in sub.hash])
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    sns.lineplot(data=sub, x="x", y=key, hue="dataset", marker="o", errorbar="sd", ax=ax)
+    sns.lineplot(data=sub, x="x", y=key, hue="line" if (sub.line != sub.dataset).any() else "dataset", marker="o",
+                 errorbar="sd", ax=ax)
     if paper is not None:
         rows = paper[paper.study == name]
         for ds in sub.dataset.unique():
@@ -331,20 +346,32 @@ def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
                           ) -> tuple[list[Path], str]:
     """<substudy>.csv/.tex, plots and points under ``out_dir``; returns them and the report's body (every
     substudy's table with its plots)."""
+    return settings_tables(loaded, trials, tracker, out_dir)[:2]
+
+
+def settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, out_dir: Path
+                    ) -> tuple[list[Path], str, str]:
+    """``write_settings_tables``, also returning the study's main tables as Markdown (its header line and every
+    substudy's table under its name) for the console."""
     s = loaded.study
     df = final_metrics(loaded, trials, tracker)
     paper = paper_table(s.table.paper_csv) if s.table.paper_csv else None
     metrics = [m for m in s.eval.metrics if m in TABLE_METRICS]
     seeds = sorted({t.seed for t in trials})
     written: list[Path] = []
+    ours = (f"Ours: mean ± std over seeds {', '.join(map(str, seeds))}; {_method_note(s, _data_sources(loaded))}; "
+            f"profile `{loaded.profile}`.")
+    reference = (f"Paper: {s.paper or s.table.paper_csv}." if s.paper or paper is not None else
+                 "No paper reference (the study names no paper and has no paper table).")
     sections = [f"# {s.name} ({loaded.profile} profile)", "", s.description.strip(), "",
-                f"Paper: {s.paper}. Ours: mean ± std over seeds {', '.join(map(str, seeds))}; "
-                f"{_method_note(s, _data_sources(loaded))}; "
-                f"profile `{loaded.profile}`.", "", provenance(trials, tracker), ""]
+                f"{reference} {ours}", "", provenance(trials, tracker), ""]
+    main = [f"# {s.name} ({loaded.profile} profile)", "", f"{reference} {ours}", ""]
     for name, sub in loaded.substudies:
         if df.empty or name not in set(df.substudy):
             continue
-        sections += _substudy_section(loaded, trials, tracker, df, paper, metrics, name, sub, out_dir, written)
+        part = _substudy_section(loaded, trials, tracker, df, paper, metrics, name, sub, out_dir, written)
+        sections += part
+        main += part[:5]  # its heading, what it varies and its table
     for combo, names in s.table.combine.items():  # e.g. diffusion_vs_gan: the baseline's and the GAN's rows
         sections += _combined_section(loaded, df, paper, metrics, combo, names, out_dir, written)
     if len(s.table.scatter) == 2:
@@ -359,7 +386,7 @@ def write_settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
     if fig:
         written.append(fig)
         sections += ["## Generated against real points", "", f"![generated vs real]({fig.name})", ""]
-    return written, "\n".join(sections)
+    return written, "\n".join(sections), "\n".join(main).rstrip()
 
 
 def _substudy_section(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, df: pd.DataFrame,

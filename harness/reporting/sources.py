@@ -45,6 +45,18 @@ def finished_values(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, 
     return out
 
 
+def axis_values(t: Trial) -> dict[str, Any]:
+    """A trial's axis values by full key, zipped axes (``model.groups+train.ema_decay``) split into their keys."""
+    return {kk: vv for k, v in t.axes.items() for kk, vv in (zip(k.split("+"), v) if "+" in k else [(k, v)])}
+
+
+def axis_keys(trials: list[Trial]) -> list[str]:
+    """Every axis key of the trials (zipped axes split), in the order the study writes them: with the variant and
+    dataset, what identifies a configuration, so tables and plots must key by them and never pool their values
+    as if they were seeds."""
+    return list(dict.fromkeys(k for t in trials for k in axis_values(t)))
+
+
 def trial_histories(trials: list[Trial], tracker: Tracker, keys: list[str]) -> pd.DataFrame:
     """Long table: one row per (trial, step) with the requested metric keys, for the trials' FINISHED runs."""
     finished = tracker.finished_runs(trials[0].study) if trials else {}
@@ -59,7 +71,7 @@ def trial_histories(trials: list[Trial], tracker: Tracker, keys: list[str]) -> p
                 per_step.setdefault(m.step, {})[key] = m.value
         for step, vals in sorted(per_step.items()):
             rows.append({"hash": t.config_hash, "variant": t.variant, "dataset": t.dataset, "seed": t.seed,
-                         **{k.split(".")[-1]: v for k, v in t.axes.items()}, "step": step,
+                         **axis_values(t), "step": step,
                          "wall_s": run_seconds(run),
                          "diagnostic": t.diagnostic, **vals})
     return pd.DataFrame(rows)

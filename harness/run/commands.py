@@ -62,11 +62,14 @@ def study_status(session: StudySession, echo: Echo = print) -> Plan:
 
 
 def write_tables(session: StudySession, echo: Echo = print) -> list[Path]:
-    """`harness table`: regenerate tables and plots from MLflow without training."""
-    from harness.reporting.tables import write_study_tables
+    """`harness table`: regenerate tables and plots from MLflow without training; prints the study's main table
+    (Table 1, or each substudy's) before the files written, so the results are read where the command was run."""
+    from harness.reporting.tables import write_study_report
 
     trials, tracker = _open_store(session)
-    written = write_study_tables(session.loaded, trials, tracker, session.results)
+    written, main = write_study_report(session.loaded, trials, tracker, session.results)
+    echo(main)
+    echo("")
     for w in written:
         echo(f"wrote {w}")
     return written
@@ -103,7 +106,7 @@ def _open_store(session: StudySession) -> tuple[list[Trial], Tracker]:
     """The study's trials and a tracker on its store, which must exist (for `table` and `compare`)."""
     trials = expand_trials(session.loaded)
     if not session.has_store():
-        raise no_store(session.store_uri, f"run `harness study {session.path}` first")
+        raise no_store(session.store_uri, f"run `{session.command('study')}` first")
     tracker = session.tracker()
     tracker.data_hashes = _data_hashes_if_available(session.loaded)
     return trials, tracker
