@@ -1,10 +1,49 @@
 """User-caused errors. The CLI prints their message (one sentence) and exits non-zero, without a traceback."""
 
 import os
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 class UserError(Exception):
     """An error the user can fix (bad study file, bad option, missing data or weights); the message says how."""
+
+
+def study_command(command: str, study_file: str | os.PathLike, profile: str | None = None,
+                  sets: Mapping[str, Any] | Iterable[str] = (), tracking_uri: str | None = None,
+                  results_dir: str | os.PathLike | None = None, *extra: str) -> str:
+    """The ``harness <command> STUDY_FILE ...`` line a message suggests, with the profile, ``--set`` values, store and
+    results folder the user gave, so that it addresses the same trials (another profile or ``--set`` is another set
+    of trials). ``sets`` is the command line's ``key=value`` strings, or the parsed mapping; ``extra`` is appended.
+    Shell-quoted, so it runs as printed."""
+    import shlex
+
+    words = ["harness", *command.split(), os.fspath(study_file)]
+    if profile is not None:
+        words += ["--profile", profile]
+    items = [f"{k}={_set_value(v)}" for k, v in sets.items()] if isinstance(sets, Mapping) else list(sets)
+    for item in items:
+        words += ["--set", item]
+    if tracking_uri:
+        words += ["--tracking-uri", tracking_uri]
+    if results_dir:
+        words += ["--results-dir", os.fspath(results_dir)]
+    return " ".join(shlex.quote(w) for w in [*words, *extra])
+
+
+def _set_value(value: Any) -> str:
+    """A parsed ``--set`` value written back so that the CLI reads the same value (YAML scalars and flow lists)."""
+    import json
+
+    import yaml
+
+    if isinstance(value, str):
+        try:
+            same = yaml.safe_load(value) == value
+        except (yaml.YAMLError, *YAML_VALUE_ERRORS):
+            same = False
+        return value if same else json.dumps(value)
+    return json.dumps(value)
 
 
 # What yaml.safe_load raises, beyond YAMLError, on a value it cannot build (Python refuses int() past 4,300 digits)

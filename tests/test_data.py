@@ -177,7 +177,8 @@ def test_missing_data_error(tmp_path, name, looked_for):
     with pytest.raises(DataError) as e:
         load_dataset(name, tmp_path / "data")
     msg = str(e.value)
-    assert f"'{name}'" in msg and str(tmp_path / "data") in msg and looked_for in msg and "--download" in msg
+    assert f"'{name}'" in msg and str(tmp_path / "data") in msg and looked_for in msg
+    assert "`--set data.download=true`" in msg
     assert isinstance(e.value, UserError)
     with pytest.raises(DataError, match=str(tmp_path / "data" / "nope.npz")):
         load_dataset("npz", tmp_path / "data", path="nope.npz")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -52,6 +53,24 @@ def test_bad_input_raises_zoo_error(name, overrides, fragment):
 def test_unknown_name_suggests_close_names():
     with pytest.raises(zoo.ZooError, match="closest registered names: .*D2S8I"):
         zoo.entry("D2S8II")
+
+
+@pytest.mark.parametrize(("typo", "first"), [
+    ("D2S2l", "D2S2I"),  # lower-case L for I: suggested D8S2I, D4S2I, D2S8I, never the D2S2I it builds
+    ("d2s2i", "D2S2I"), ("D2S2Ul", "D2S2UI"), ("D3S3X", "D3S3I"), ("D2S8II", "D2S8I"), ("D2SO8I", "D2S8I"),
+    ("toy-mlp-2x6a", "toy-mlp-2x6"),
+])
+def test_typos_suggest_the_parametric_names_that_build(typo, first):
+    """Suggestions for a mistyped zoo name include the parametric names built from its numbers, not only the
+    registered presets; every name suggested builds."""
+    with pytest.raises(zoo.ZooError) as e:
+        zoo.entry(typo)
+    close = re.search(r"closest (?:registered )?names: ([^;(]+)", str(e.value))
+    assert close, str(e.value)
+    names = [n.strip() for n in close[1].split(",")]
+    assert names[0] == first, str(e.value)
+    for name in names:
+        zoo.entry(name)
 
 
 def test_param_count_on_meta_device_matches_recorded():

@@ -11,7 +11,6 @@ Names: ``D<n>`` (n unique blocks), ``D<n>S<k>I`` / ``D<n>S<k>UI`` (each applied 
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.layers import Dropout
-from zoo.registry import Family, ZooError, names, register, register_family
+from zoo.registry import Family, ZooError, closest_hint, register, register_family
 
 FAMILY = "block_sharing"
 NAME_HELP = "D<n>, D<n>S<k>I, D<n>S<k>UI (block-sharing transformer)"
@@ -445,9 +444,26 @@ _NAME = re.compile(r"D(\d+)(?:S(\d+)([A-Za-z]*))?")
 
 
 def _bad_name(name: str, why: str) -> ZooError:
-    close = difflib.get_close_matches(name, names(), n=3, cutoff=0.5)
-    hint = f"; closest registered names: {', '.join(close)}" if close else ""
-    return ZooError(f"bad block-sharing name {name!r}: {why}{hint}")
+    return ZooError(f"bad block-sharing name {name!r}: {why}{closest_hint(name)}")
+
+
+def name_candidates(name: str) -> list[str]:
+    """The D-names a mistyped ``name`` may mean: its first two numbers as D<n> and S<k>, with each order suffix
+    (none where the order cannot matter, as the presets D1S8 and D4S1 are written). Case and the look-alikes l/I
+    and O/0 are read as the grammar's (``d2s2l`` -> ``D2S2I``), so a typo finds the parametric names that build,
+    not only the presets."""
+    folded = name.upper().replace("O", "0")
+    if not folded.startswith("D"):
+        return []
+    numbers = [int(d) for d in re.findall(r"\d+", folded)[:2] if len(d) <= 4]
+    if not numbers or min(numbers) < 1:
+        return []
+    if len(numbers) == 1:
+        return [f"D{numbers[0]}"]
+    depth, substeps = numbers
+    if depth == 1 or substeps == 1:
+        return [f"D{depth}S{substeps}"]
+    return [f"D{depth}S{substeps}I", f"D{depth}S{substeps}UI"]
 
 
 def parse_name(name: str) -> BlockSharingConfig | None:
@@ -473,7 +489,8 @@ def parse_name(name: str) -> BlockSharingConfig | None:
     return BlockSharingConfig(depth=depth, substeps=substeps, interleaved=interleaved)
 
 
-register_family(Family(FAMILY, BlockSharingConfig, build_model, flops, parse=parse_name, name_help=NAME_HELP))
+register_family(Family(FAMILY, BlockSharingConfig, build_model, flops, parse=parse_name, name_help=NAME_HELP,
+                       candidates=name_candidates, example="D3S3I"))
 
 
 def _paper_params(depth: int) -> int:

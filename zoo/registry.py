@@ -42,6 +42,10 @@ class Family:
     flops: Callable[[Any], int]
     parse: Callable[[str], Any | None] | None = None  # parametric names -> config, or None if not this family's
     name_help: str = ""  # how parametric names look, for error messages
+    # Parametric names a mistyped name may mean (its numbers in the family's grammar), offered as suggestions
+    # beside the registered names: the names that build are more than the registered ones.
+    candidates: Callable[[str], list[str]] | None = None
+    example: str = ""  # a parametric name that builds, for messages
 
 
 @dataclass(frozen=True)
@@ -107,11 +111,64 @@ def entry(name: str) -> Entry:
         cfg = fam.parse(name)  # may raise ZooError for a malformed instance of its pattern
         if cfg is not None:
             return Entry(name, fam.name, cfg, f"parametric {fam.name} name")
-    close = difflib.get_close_matches(name, list(_ENTRIES), n=3, cutoff=0.5)
-    hint = f"; closest registered names: {', '.join(close)}" if close else ""
-    forms = "; ".join(f.name_help for f in _FAMILIES.values() if f.name_help)
+    forms = parametric_forms()
     forms = f" (parametric forms: {forms})" if forms else ""
-    raise ZooError(f"unknown zoo name {name!r}{hint}{forms}")
+    raise ZooError(f"unknown zoo name {name!r}{closest_hint(name)}{forms}")
+
+
+def _fold(name: str) -> str:
+    """A name with the characters people confuse made equal: case, l and I, O and 0."""
+    return name.casefold().replace("l", "i").replace("o", "0")
+
+
+def closest_names(name: str, n: int = 3, cutoff: float = 0.5) -> list[str]:
+    """Up to ``n`` names close to ``name``, best first: registered names and the parametric names the families
+    build from its numbers (``D2S2l`` -> ``D2S2I``). Similarity is difflib's ratio on the name as typed or with
+    confusable characters folded, whichever is higher; ties keep registration order."""
+    pool = dict.fromkeys(_ENTRIES)
+    for fam in _FAMILIES.values():
+        if fam.candidates is not None:
+            pool.update(dict.fromkeys(fam.candidates(name)))
+    folded = _fold(name)
+
+    def score(candidate: str) -> float:
+        return max(difflib.SequenceMatcher(None, name, candidate).ratio(),
+                   difflib.SequenceMatcher(None, folded, _fold(candidate)).ratio())
+
+    scored = sorted(((score(c), c) for c in pool), key=lambda sc: -sc[0])
+    return [c for s, c in scored if s >= cutoff][:n]
+
+
+def closest_hint(name: str) -> str:
+    """"; closest names: ..." for an error message about ``name`` ("closest registered names" when all are
+    registered), or "" when nothing is close."""
+    close = closest_names(name)
+    if not close:
+        return ""
+    what = "closest registered names" if all(c in _ENTRIES for c in close) else "closest names"
+    return f"; {what}: {', '.join(close)}"
+
+
+def parametric_forms() -> str:
+    """How the families' parametric names look ("D<n>, D<n>S<k>I, ... (block-sharing transformer); ...")."""
+    return "; ".join(f.name_help for f in _FAMILIES.values() if f.name_help)
+
+
+def parametric_example(pattern: str | None = None) -> str | None:
+    """A parametric name that builds, preferably one matching the glob ``pattern`` (from the pattern's own numbers,
+    e.g. ``D5*`` -> ``D5``); None when no family has parametric names."""
+    fallback = None
+    for fam in _FAMILIES.values():
+        if fam.parse is None or not fam.example:
+            continue
+        fallback = fallback or fam.example
+        if pattern is None:
+            continue
+        plain = "".join(ch for ch in pattern if ch not in "*?[]")
+        for name in [fam.example, *(fam.candidates(plain) if fam.candidates else [])]:
+            if fnmatch.fnmatchcase(name, pattern):
+                return name
+    return fallback
 
 
 def decay_param_groups(model: nn.Module, base_lr: float, weight_decay: float) -> list[dict]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from zoo.registry import Family, ZooError, decay_param_groups, register, register_family
+from zoo.registry import Family, ZooError, closest_hint, decay_param_groups, register, register_family
 
 FAMILY = "toy_mlp"
 PREFIX = "toy-mlp-"
@@ -170,7 +170,21 @@ _WIDTHS = re.compile(r"\d+(?:-\d+)*")
 
 
 def _bad_name(name: str, why: str) -> ZooError:
-    return ZooError(f"bad toy-mlp name {name!r}: {why} (expected {NAME_HELP})")
+    return ZooError(f"bad toy-mlp name {name!r}: {why} (expected {NAME_HELP}){closest_hint(name)}")
+
+
+def name_candidates(name: str) -> list[str]:
+    """The toy-mlp name a mistyped ``name`` with "mlp" in it may mean: its numbers as <L>x<W> when an x joins two of
+    them, else as the hidden widths."""
+    if "mlp" not in name.casefold():
+        return []
+    rest = name.casefold().split("mlp", 1)[1]
+    numbers = [int(d) for d in re.findall(r"\d+", rest) if len(d) <= 4]
+    if not numbers or min(numbers) < 1:
+        return []
+    if len(numbers) == 2 and re.search(r"\d\s*x\s*\d", rest):
+        return [f"{PREFIX}{numbers[0]}x{numbers[1]}"]
+    return [PREFIX + "-".join(map(str, numbers))]
 
 
 def parse_name(name: str) -> ToyMLPConfig | None:
@@ -197,7 +211,8 @@ def parse_name(name: str) -> ToyMLPConfig | None:
     return ToyMLPConfig(hidden=hidden, activation=REPORT_ACTIVATION)
 
 
-register_family(Family(FAMILY, ToyMLPConfig, build_model, flops, parse=parse_name, name_help=NAME_HELP))
+register_family(Family(FAMILY, ToyMLPConfig, build_model, flops, parse=parse_name, name_help=NAME_HELP,
+                       candidates=name_candidates, example="toy-mlp-3x64"))
 
 
 # Recorded counts are exact at the default config (sinusoidal time_dim 32, n_dim 3); the report prints none.

@@ -14,6 +14,7 @@ import click
 import yaml
 
 from harness.cli.fid_weights import fid_weights
+from harness.cli.ui import ui
 from harness.errors import YAML_VALUE_ERRORS, UserError, unreadable_value
 
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError,)
@@ -87,13 +88,29 @@ def zoo_list(pattern: str | None, sets: tuple[str, ...]) -> None:
     from harness.console import format_table
 
     overrides = parse_sets(sets)
-    rows = [zoo_pkg.describe(n, **overrides) for n in zoo_pkg.names(pattern)]
+    names = zoo_pkg.names(pattern)
+    if not names and pattern and not any(ch in pattern for ch in "*?["):
+        names = [zoo_pkg.entry(pattern).name]  # a parametric name (D3S3I) is listed; a mistyped one is told so
+    rows = [zoo_pkg.describe(n, **overrides) for n in names]
     if not rows:
-        raise UserError(f"no zoo name matches {pattern!r}; `harness zoo list` shows them all")
+        raise UserError(f"no registered zoo name matches {pattern!r}; {_parametric_note(pattern)}, and "
+                        "`harness zoo list` shows the registered ones")
     cols = ["name", "family", "params", "applications", "gflops"]
     for r in rows:
         r["gflops"] = round(r["gflops"], 3)
     click.echo(format_table(rows, cols))
+    note = _parametric_note(pattern)
+    click.echo(f"\n{note[0].upper()}{note[1:]}.")
+
+
+def _parametric_note(pattern: str | None) -> str:
+    """The names the zoo builds beyond the registered ones, with a command that shows one (matching ``pattern`` if
+    one can): `zoo list` lists only registered names."""
+    import zoo as zoo_pkg
+
+    example = zoo_pkg.parametric_example(pattern)
+    shown = f", e.g. `harness zoo show {example}`" if example else ""
+    return f"parametric names build on demand too ({zoo_pkg.parametric_forms()}){shown}"
 
 
 @zoo.command("show")
@@ -168,9 +185,19 @@ def study(study_file, profile, sets, dry_run, address, tracking_uri, results_dir
     plan = run_study(session, dry_run=dry_run, address=address, retry_failed=retry_failed, echo=click.echo)
     failed = sum(v == "failed" for v in plan.state.values())
     if failed and not dry_run:
-        click.echo(f"{failed} trial(s) failed: `harness status {study_file}` lists the reasons; "
-                   "--retry-failed reruns them", err=True)
+        click.echo(failed_trials_hint(failed, study_file, profile, sets, tracking_uri, results_dir, address), err=True)
         sys.exit(1)
+
+
+def failed_trials_hint(failed: int, study_file: str, profile: str | None, sets: tuple[str, ...],
+                       tracking_uri: str | None, results_dir: str | None, address: str | None = None) -> str:
+    """What `harness study` prints after failed trials: the status and retry commands for the same trials (the
+    profile and --set values pick the trials, the store and results folder where they are), runnable as printed."""
+    from harness.errors import study_command
+
+    where = (study_file, profile, sets, tracking_uri, results_dir)
+    retry = study_command("study", *where, *(["--address", address] if address else []), "--retry-failed")
+    return f"{failed} trial(s) failed: `{study_command('status', *where)}` lists the reasons; `{retry}` reruns them"
 
 
 @main.command()
@@ -246,35 +273,6 @@ def sample(study_file, profile, sets, trial, n, seed, steps, w, sampler, out, re
         raise click.BadParameter("must be >= 1", param_hint="--n")
     session = StudySession(study_file, profile, parse_sets(sets), results_dir=results_dir)
     sample_study(session, trial, n, seed, out, steps, w, sampler, echo=click.echo)
-
-
-@main.command()
-@click.option("--port", default=5000, show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (only this machine by default).")
-@_tracking
-@_results
-def ui(port, host, tracking_uri, results_dir) -> None:
-    """Serve the MLflow UI for the study store (on 127.0.0.1 unless told otherwise)."""
-    import subprocess
-    from pathlib import Path
-
-    from harness.run.session import no_store, resolve_tracking_uri, store_exists
-    from harness.tracking import runs_page_urls, sqlite_path
-
-    rdir = Path(results_dir or "results").resolve()
-    uri = resolve_tracking_uri(tracking_uri, rdir)
-    if not store_exists(uri):
-        raise no_store(uri, "run a study first or pass --results-dir")
-
-    base = f"http://{host}:{port}"
-    click.echo(f"MLflow UI for {uri} at {base}")
-    for name, url in runs_page_urls(uri, base).items():
-        click.echo(f"  {name}: {url}")
-    sys.stdout.flush()
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    if sqlite_path(uri) is not None:
-        cmd += ["--default-artifact-root", (rdir / "mlartifacts").as_uri()]
-    sys.exit(subprocess.call(cmd))
 
 
 # --------------------------------------------------------------------------------------------------------- bench
@@ -360,6 +358,7 @@ def bench_keys(studies: str, windows: int, per_window: int, out: str) -> None:
 
 
 main.add_command(fid_weights)  # `harness fid-weights`, kept in harness/cli/fid_weights.py
+main.add_command(ui)  # `harness ui`, kept in harness/cli/ui.py
 
 if __name__ == "__main__":
     main()

@@ -23,11 +23,10 @@ def sample_study(session: StudySession, trial: str | None, n: int, seed: int, ou
     loaded = session.loaded
     trials = expand_trials(loaded)
     rdir = session.results
-    path = session.path
     chosen = [t for t in trials if not trial or t.config_hash.startswith(trial)]
     if trial and not chosen:
         raise UserError(f"no trial of {loaded.study.name} [{loaded.profile}] has a hash starting with {trial!r}; "
-                        f"`harness study {path} --dry-run` lists them")
+                        f"`{session.command('study', '--dry-run')}` lists them")
     written: list[Path] = []
     for t in chosen:
         fn = get_recipe(t.recipe).load_sampler_fn()
@@ -54,5 +53,5 @@ def sample_study(session: StudySession, trial: str | None, n: int, seed: int, ou
             written.append(Path(p))
     if not written:
         raise UserError(f"no finished trial of {loaded.study.name} [{loaded.profile}] with a sampler has a checkpoint "
-                        f"under {rdir / 'runs'}; run `harness study {path}` first")
+                        f"under {rdir / 'runs'}; run `{session.command('study')}` first")
     return written

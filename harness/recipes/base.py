@@ -5,7 +5,8 @@ shape becomes zoo overrides. Each ``<recipe>_config`` module defines one ``RECIP
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -36,6 +37,8 @@ class RecipeReport:
     def __post_init__(self) -> None:
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
 
+
+MIXED_PRECISION = ("no", "fp16", "bf16")  # train.mixed_precision: Accelerate's modes
 
 SAMPLING_REPORT = "n = {eval.n_samples} samples, {eval.sampler} with {eval.sampler_steps} steps"
 DEFAULT_REPORT = RecipeReport()  # image quality against reference images, no sampling clause
@@ -79,6 +82,47 @@ def image_model_overrides(model: dict, dataset: str, data: dict, train: dict | N
 
     c, h, _w, k = image_meta(dataset, data)
     return {"in_channels": c, "input_size": h, "num_classes": k, **model}
+
+
+_BOUND = re.compile(r"(>=|>)\s*(\S+)|in\s*([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])])")
+
+
+def check_bounds(cfg: Any, bounds: Mapping[str | tuple[str, ...], str]) -> None:
+    """Raise one ValueError naming every key of a recipe's train config ``cfg`` that is outside its bound, with its
+    value ("train.steps must be >= 1, got -5"), so a bad ``--set`` says which key to fix. ``bounds`` maps a key (or
+    a tuple of keys) to ">= a", "> a" or an interval "in [a, b)" (brackets include the end, parentheses exclude it);
+    a key set to None is not checked (it switches a feature off)."""
+    bad = []
+    for keys, bound in bounds.items():
+        for key in (keys,) if isinstance(keys, str) else keys:
+            value = getattr(cfg, key)
+            if value is not None and not _within(value, bound):
+                bad.append(f"train.{key} must be {bound}, got {_shown(value)}")
+    if bad:
+        raise ValueError("; ".join(bad))
+
+
+def check_choice(cfg: Any, key: str, choices: Iterable[str]) -> None:
+    """Raise a ValueError naming ``train.<key>`` and its value unless it is one of ``choices``."""
+    choices = tuple(choices)
+    value = getattr(cfg, key)
+    if value not in choices:
+        raise ValueError(f"train.{key} must be one of {', '.join(choices)}, got {_shown(value)}")
+
+
+def _within(value: Any, bound: str) -> bool:
+    m = _BOUND.fullmatch(bound.strip())
+    if m is None:
+        raise RuntimeError(f"bad bound {bound!r}")  # a mistake in a config's bounds, not the user's
+    if m[1]:
+        return value >= float(m[2]) if m[1] == ">=" else value > float(m[2])
+    low, high = float(m[4]), float(m[5])
+    return (low <= value if m[3] == "[" else low < value) and (value <= high if m[6] == "]" else value < high)
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def _resolve(path: str) -> Callable[..., Any]:

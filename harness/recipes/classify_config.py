@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.recipes.base import Recipe, RecipeReport, image_model_overrides
+from harness.recipes.base import (
+    MIXED_PRECISION,
+    Recipe,
+    RecipeReport,
+    check_bounds,
+    check_choice,
+    image_model_overrides,
+)
 from harness.training.speed import SpeedKeys
 
 LR_RULES = ("steepest", "min_tenth")  # range test -> peak LR: steepest descent of the loss, or a tenth of the minimum
@@ -45,20 +52,15 @@ class ClassifyTrain(SpeedKeys):
     mixed_precision: str = "no"
 
     def __post_init__(self) -> None:
-        if min(self.steps, self.batch_size, self.log_every, self.augment_group, self.lr_find_steps) < 1:
-            raise ValueError("steps, batch_size, log_every, augment_group and lr_find_steps must be >= 1")
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"lr must be positive (or null for the range test), got {self.lr}")
-        if not 0 < self.lr_find_min < self.lr_find_max:
-            raise ValueError("the range test needs 0 < lr_find_min < lr_find_max")
-        if self.lr_find_rule not in LR_RULES:
-            raise ValueError(f"lr_find_rule must be one of {', '.join(LR_RULES)}, got {self.lr_find_rule!r}")
-        if not 0 <= self.label_smoothing < 1 or self.weight_decay < 0 or self.grad_clip < 0 or self.crop_pad < 0:
-            raise ValueError("label_smoothing must be in [0, 1); weight_decay, grad_clip and crop_pad >= 0")
-        if not 0 < self.pct_start < 1:
-            raise ValueError(f"pct_start must be in (0, 1), got {self.pct_start}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        check_bounds(self, {("steps", "batch_size", "log_every", "augment_group", "lr_find_steps"): ">= 1",
+                            ("lr", "lr_find_min"): "> 0",  # lr None: from the range test
+                            "label_smoothing": "in [0, 1)", ("weight_decay", "grad_clip", "crop_pad"): ">= 0",
+                            "pct_start": "in (0, 1)"})
+        if not self.lr_find_min < self.lr_find_max:
+            raise ValueError(f"train.lr_find_min must be below train.lr_find_max, got {self.lr_find_min!r} and "
+                             f"{self.lr_find_max!r}")
+        check_choice(self, "lr_find_rule", LR_RULES)
+        check_choice(self, "mixed_precision", MIXED_PRECISION)
 
 
 RECIPE = Recipe(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.recipes.base import Recipe, RecipeReport
+from harness.recipes.base import Recipe, RecipeReport, check_bounds, check_choice
 from harness.training.speed import SpeedKeys
 
 
@@ -32,10 +32,8 @@ class DDPMTrain(SpeedKeys):
     def __post_init__(self) -> None:
         from harness.diffusion.ddpm import VARIANCES, beta_schedule
 
-        if self.epochs < 1 or self.batch_size < 1 or self.log_every < 1 or self.checkpoint_every < 1:
-            raise ValueError("epochs, batch_size, log_every and checkpoint_every must be >= 1")
-        if self.variance not in VARIANCES:
-            raise ValueError(f"variance must be one of {', '.join(VARIANCES)}, got {self.variance!r}")
+        check_bounds(self, {("epochs", "batch_size", "log_every", "checkpoint_every"): ">= 1"})
+        check_choice(self, "variance", VARIANCES)
         beta_schedule(self.schedule, self.T, self.lbeta, self.ubeta)  # T < 1, betas outside (0, 1), unknown name
 
 

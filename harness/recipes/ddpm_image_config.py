@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.recipes.base import Recipe, RecipeReport
+from harness.recipes.base import Recipe, RecipeReport, check_bounds
 from harness.recipes.score_config import CompressionKeys
 
 
@@ -30,10 +30,8 @@ class DDPMImageTrain(CompressionKeys):
     def __post_init__(self) -> None:
         from harness.diffusion.ddpm import beta_schedule
 
-        if self.epochs < 1 or self.batch_size < 1 or self.log_every < 1:
-            raise ValueError("epochs, batch_size and log_every must be >= 1")
-        if not 0 <= self.label_dropout < 1 or self.cfg_scale < 0:
-            raise ValueError("label_dropout must be in [0, 1) and cfg_scale >= 0")
+        check_bounds(self, {("epochs", "batch_size", "log_every"): ">= 1", "label_dropout": "in [0, 1)",
+                            "cfg_scale": ">= 0"})
         beta_schedule(self.schedule, self.T, self.lbeta, self.ubeta)
         self._check_compression()
 

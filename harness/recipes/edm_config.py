@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.recipes.base import SAMPLING_REPORT, Recipe, RecipeReport
+from harness.recipes.base import MIXED_PRECISION, SAMPLING_REPORT, Recipe, RecipeReport, check_bounds, check_choice
 from harness.training.speed import SpeedKeys
 
 SAMPLERS = ("dpmpp_2m", "heun", "euler")  # eval.sampler: harness.diffusion.edm.SAMPLERS (which imports torch)
@@ -35,14 +35,10 @@ class EDMTrain(SpeedKeys):
     log_every: int = 100  # steps between reported training metrics
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.log_every < 1:
-            raise ValueError("steps, batch_size, grad_accum and log_every must be >= 1")
-        if not 0 <= self.class_dropout < 1 or not 0 <= self.augment_prob <= 1:
-            raise ValueError("class_dropout must be in [0, 1) and augment_prob in [0, 1]")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        if self.loss_weighting not in ("soft-min-snr", "karras"):
-            raise ValueError(f"loss_weighting must be soft-min-snr or karras, got {self.loss_weighting!r}")
+        check_bounds(self, {("steps", "batch_size", "grad_accum", "log_every"): ">= 1",
+                            "class_dropout": "in [0, 1)", "augment_prob": "in [0, 1]"})
+        check_choice(self, "mixed_precision", MIXED_PRECISION)
+        check_choice(self, "loss_weighting", ("soft-min-snr", "karras"))
 
 
 def _model_overrides(model: dict, dataset: str, data: dict, train: dict | None = None) -> dict[str, Any]:

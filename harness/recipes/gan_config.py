@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.recipes.base import Recipe, RecipeReport, image_model_overrides
+from harness.recipes.base import (
+    MIXED_PRECISION,
+    Recipe,
+    RecipeReport,
+    check_bounds,
+    check_choice,
+    image_model_overrides,
+)
 from harness.training.speed import SpeedKeys
 
 
@@ -29,12 +36,9 @@ class GANTrain(SpeedKeys):
     mixed_precision: str = "no"
 
     def __post_init__(self) -> None:
-        if min(self.steps, self.batch_size, self.log_every) < 1 or min(self.lr_g, self.lr_d) <= 0:
-            raise ValueError("steps, batch_size and log_every must be >= 1 and the learning rates positive")
-        if not 0 <= self.label_smoothing < 1 or not 0 <= self.ema_decay < 1:
-            raise ValueError("label_smoothing and ema_decay must be in [0, 1)")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        check_bounds(self, {("steps", "batch_size", "log_every"): ">= 1", ("lr_g", "lr_d"): "> 0",
+                            ("label_smoothing", "ema_decay"): "in [0, 1)"})
+        check_choice(self, "mixed_precision", MIXED_PRECISION)
 
 
 RECIPE = Recipe(

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.recipes.base import Recipe
+from harness.recipes.base import Recipe, check_bounds
 from harness.training.speed import SpeedKeys
 
 WORK_SIZE = 256  # side of the square fp32 matmuls a step does ``work`` times
@@ -24,10 +24,7 @@ class NullTrain(SpeedKeys):
     checkpoint_every: int = 0  # steps between checkpoints (0: only with the last report)
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.report_every < 1:
-            raise ValueError("steps and report_every must be >= 1")
-        if self.work < 0 or self.checkpoint_every < 0 or self.phase_steps < 0:
-            raise ValueError("work, phase_steps and checkpoint_every must be >= 0")
+        check_bounds(self, {("steps", "report_every"): ">= 1", ("work", "phase_steps", "checkpoint_every"): ">= 0"})
 
 
 def _model_overrides(model: dict, dataset: str, data: dict, train: dict | None = None) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.recipes.base import SAMPLING_REPORT, Recipe, RecipeReport
+from harness.recipes.base import SAMPLING_REPORT, Recipe, RecipeReport, check_bounds, check_choice
 from harness.training.speed import SpeedKeys
 
 SAMPLERS = ("euler_maruyama", "pc", "ode")  # eval.sampler: harness.diffusion.score.SAMPLERS (which imports torch)
@@ -37,16 +37,11 @@ class CompressionKeys(SpeedKeys):
         from harness.eval.compression import MODULE_SETS, PRUNE_METHODS
         from harness.recipes.compression_eval import QUANTIZE
 
-        if self.prune_method is not None and self.prune_method not in PRUNE_METHODS:
-            raise ValueError(f"prune_method must be one of {', '.join(PRUNE_METHODS)}, got {self.prune_method!r}")
-        if not 0 <= self.prune_amount < 1:
-            raise ValueError(f"prune_amount must be a fraction in [0, 1), got {self.prune_amount}")
-        if self.prune_set not in MODULE_SETS:
-            raise ValueError(f"prune_set must be one of {', '.join(MODULE_SETS)}, got {self.prune_set!r}")
-        if self.quantize not in QUANTIZE:
-            raise ValueError(f"quantize must be one of {', '.join(QUANTIZE)}, got {self.quantize!r}")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.prune_method is not None:  # None: no pruning
+            check_choice(self, "prune_method", PRUNE_METHODS)
+        check_choice(self, "prune_set", MODULE_SETS)
+        check_choice(self, "quantize", QUANTIZE)
+        check_bounds(self, {"prune_amount": "in [0, 1)", "ema_decay": "in (0, 1)"})  # ema_decay None: no EMA
 
 
 @dataclass(frozen=True)
@@ -60,8 +55,7 @@ class ScoreTrain(CompressionKeys):
     mixed_precision: str = "no"
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.log_every < 1:
-            raise ValueError("epochs, batch_size and log_every must be >= 1")
+        check_bounds(self, {("epochs", "batch_size", "log_every"): ">= 1"})
         self._check_compression()
 
 

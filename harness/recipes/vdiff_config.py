@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.recipes.base import SAMPLING_REPORT, Recipe, RecipeReport, image_model_overrides
+from harness.recipes.base import (
+    MIXED_PRECISION,
+    SAMPLING_REPORT,
+    Recipe,
+    RecipeReport,
+    check_bounds,
+    check_choice,
+    image_model_overrides,
+)
 from harness.training.speed import SpeedKeys
 
 SAMPLERS = {"ancestral": 1.0, "ddim": 0.0}  # eval.sampler -> eta
@@ -40,17 +48,12 @@ class VDiffTrain(SpeedKeys):
     def __post_init__(self) -> None:
         from harness.diffusion.vdiff import LOSS_WEIGHTINGS, schedule
 
-        if min(self.steps, self.batch_size, self.log_every) < 1 or self.warmup < 0 or self.interpolations < 0:
-            raise ValueError("steps, batch_size and log_every must be >= 1; warmup and interpolations >= 0")
+        check_bounds(self, {("steps", "batch_size", "log_every"): ">= 1", ("warmup", "interpolations"): ">= 0",
+                            ("cond_dropout", "ema_decay"): "in [0, 1)", "cfg_weight": ">= 0",
+                            "dynamic_threshold": "in (0, 1]"})  # dynamic_threshold None: off
         schedule(self.schedule)
-        if self.weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {self.weighting!r}")
-        if not 0 <= self.cond_dropout < 1 or self.cfg_weight < 0 or not 0 <= self.ema_decay < 1:
-            raise ValueError("cond_dropout and ema_decay must be in [0, 1) and cfg_weight >= 0")
-        if self.dynamic_threshold is not None and not 0 < self.dynamic_threshold <= 1:
-            raise ValueError(f"dynamic_threshold must be a quantile in (0, 1] or null, got {self.dynamic_threshold}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        check_choice(self, "weighting", LOSS_WEIGHTINGS)
+        check_choice(self, "mixed_precision", MIXED_PRECISION)
 
 
 RECIPE = Recipe(

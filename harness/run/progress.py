@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,7 @@ class StudyCallback(Callback):
             self._close(h, "KILLED")
             self.progress.interrupt(h, infra)
         else:
-            self._close(h, "FAILED", own or _last_line(text))
+            self._close(h, "FAILED", " ".join(own.split()) or exception_line(text))
 
     def _close(self, h: str, status: str, reason: str | None = None) -> None:
         tr = self.runs[h]
@@ -193,6 +194,45 @@ def _failure_reason(trial) -> tuple[str, str]:
     return own, text
 
 
-def _last_line(text: str) -> str:
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1].strip() if lines else "trial raised an error"
+NO_REASON = "trial raised an error"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the "ray::ImplicitFunc.train()" header
+_FAILURE_HEADER = re.compile(r"^Failure # \d+ \(occurred at [^)]*\)$", re.M)  # Tune appends one per failure
+_FRAME = re.compile(r'^\s+File "')  # a traceback frame; its source and caret lines follow, indented
+# "ValueError: boom", "harness.training.data.DataError: ...", "ray.exceptions.RayTaskError(ValueError): ...", or a
+# bare "KeyboardInterrupt"; not Ray's "ray::ImplicitFunc.train() (pid=...)" header
+_EXCEPTION = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(?:\((?P<inner>[A-Za-z_]\w*)\))?(?::(?!:)\s?(?P<message>.*))?$")
+
+
+def exception_line(text: str) -> str:
+    """``ExceptionType: message`` of the exception a trial raised, on one line, from the text Tune keeps for the trial
+    (its error file: one "Failure # N" block per failure, each the str() of Ray's wrapper: a RayTaskError's traceback
+    whose last frames are the recipe's, or a Ray Train WorkerGroupError whose message holds each rank's traceback).
+    The exception is the line after the last traceback frame, continued by the message's further lines; the type
+    loses its module and Ray's wrapper (``ray.exceptions.RayTaskError(ValueError)`` -> ``ValueError``), as the
+    recipe's own failure.txt names it. ``NO_REASON`` when the text holds nothing to show."""
+    text = _ANSI.sub("", text or "")
+    blocks = _FAILURE_HEADER.split(text)
+    lines = [ln.rstrip() for ln in blocks[-1].splitlines()]
+    frames = [i for i, ln in enumerate(lines) if _FRAME.match(ln)]
+    if frames:
+        i = frames[-1] + 1
+        while i < len(lines) and (not lines[i].strip() or lines[i][0].isspace()):
+            i += 1  # the frame's source line and carets
+        found = lines[i:]
+    else:  # no traceback (a TuneError, say): the last line that reads as an exception, else the last line
+        found = [ln for ln in lines if ln.strip()]
+        starts = [i for i, ln in enumerate(found) if _EXCEPTION.match(ln) and ":" in ln]
+        found = found[starts[-1]:] if starts else found[-1:]
+    message = []
+    for ln in found:
+        if not ln.strip() or re.match(r"^(\[Rank \d+ Error Snippet\]|ray::)", ln):  # Ray's next traceback
+            break
+        message.append(ln)
+    if not message:
+        return NO_REASON
+    first = message[0].strip()
+    m = _EXCEPTION.match(first)
+    if m and (m["message"] is not None or len(message) == 1):
+        kind = m["inner"] or m["type"].rpartition(".")[2]
+        first = f"{kind}: {m['message'].strip()}" if m["message"] is not None and m["message"].strip() else kind
+    return " ".join(" ".join([first, *message[1:]]).split())[:5000]

@@ -44,6 +44,14 @@ class StudySession:
         """The MLflow store the command reads and writes."""
         return resolve_tracking_uri(self.tracking_uri, self.results)
 
+    def command(self, name: str, *extra: str) -> str:
+        """The `harness <name> ...` line that addresses this session's trials (same study file as typed, profile,
+        --set values, store and results folder), for messages that suggest a command."""
+        from harness.errors import study_command
+
+        return study_command(name, self.path, self.profile, self.sets or {}, self.tracking_uri, self.results_dir,
+                             *extra)
+
     @property
     def out_dir(self) -> Path:
         """Where the study's tables, plots, comparisons and report go: ``<results>/<study>/<profile>``."""

@@ -49,6 +49,10 @@ class DataError(UserError):
     """A data problem the user can fix (missing or corrupt files, unknown dataset or option); one sentence."""
 
 
+# The study key that lets torchvision download (schema.DataSpec.download), as the study commands take it.
+DOWNLOAD_HINT = "`--set data.download=true` on a machine with internet"
+
+
 @dataclass(eq=False)
 class ImageData:
     """One split of a dataset, held in memory.
@@ -388,11 +392,11 @@ def _load_torchvision(name: str, cls: type, root: Path, split: str, download: bo
         if (root / folder).is_dir():
             raise DataError(
                 f"dataset {name!r} under {root / folder} is incomplete or fails torchvision's checks ({reason}); "
-                "replace it with a good copy, or delete it and run with --download on a machine with internet"
+                f"replace it with a good copy, or delete it and rerun with {DOWNLOAD_HINT}"
             ) from e
         raise DataError(
             f"dataset {name!r} not found under {root} (looked for {name}.npz and {folder}); put a copy there or "
-            "run with --download on a machine with internet"
+            f"rerun with {DOWNLOAD_HINT}"
         ) from None
     if cls is tvd.MNIST:
         classes = [c.split(" - ")[0] for c in classes]  # '0 - zero' -> '0', as in the harness's mnist.npz
