@@ -260,3 +260,19 @@ def test_smoke_study_with_an_axis_end_to_end_keys_its_table_by_the_axis(tmp_path
     head, _, files = shown.stdout.partition("\nwrote ")
     assert "| Dataset   | Variant | model.width |" in head and head.count("| synthetic |") == 4
     assert "table1.csv" in files
+
+
+def test_a_settings_study_without_substudies_tables_every_trial(store, tmp_path, monkeypatch):
+    """Regression: with no substudies the only section is named "" and no trial lists it, so every trial was
+    skipped and the tables came out empty without a word; the study's own name now names the section."""
+    monkeypatch.setattr(settings, "_data_sources", lambda loaded: ["helix generated"])
+    monkeypatch.setattr(settings, "points_figure", lambda *a: None)
+    loaded, trials, tracker = grid_study(store)
+    flat = [dataclasses.replace(t, substudies=()) for t in trials]
+    loaded = dataclasses.replace(loaded, study=dataclasses.replace(loaded.study, substudies={}),
+                                 substudies=(("", loaded.study),))
+    df = settings.final_metrics(loaded, flat, tracker)
+    assert len(df) == 8 and set(df.substudy) == {"pts"}
+    written, body, main = settings.settings_tables(loaded, flat, tracker, tmp_path)
+    assert (tmp_path / "pts.csv").exists() and "## pts" in main
+    assert cells(main, "epochs=2 width=64")[1] == "6,402 ± 0.71"

@@ -77,6 +77,11 @@ def _position(raw: str, sub: Study) -> int:
     return names.index(raw) if raw in names else len(names)
 
 
+def section_name(loaded: LoadedStudy, substudy: str) -> str:
+    """The table (and file) name of a substudy's section: the study's name for a study without substudies."""
+    return substudy or loaded.study.name
+
+
 def final_metrics(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker) -> pd.DataFrame:
     """One row per (substudy, trial) with the setting, its paper label, and the trial's last logged metrics."""
     finished = tracker.finished_runs(loaded.study.name) if trials else {}
@@ -84,14 +89,14 @@ def final_metrics(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker) ->
     rows = []
     for name, sub in loaded.substudies:
         for t in trials:
-            if name not in t.substudies:
+            if name not in t.substudies and (name or t.substudies):  # "": a study without substudies, every trial
                 continue
             run = finished.get(t.config_hash)
             if run is None:
                 continue
             raw = setting_of(t, sub)
             label = labels.get(f"{name}/{raw}", labels.get(raw, raw))
-            rows.append({"substudy": name, "setting_raw": raw, "setting": label,
+            rows.append({"substudy": section_name(loaded, name), "setting_raw": raw, "setting": label,
                          "dataset": t.dataset, "seed": t.seed, "variant": t.variant, "hash": t.config_hash,
                          "run_id": run.info.run_id, "order": _position(raw, sub),
                          "skipped": run.data.tags.get("harness.skipped"), **run.data.metrics})
@@ -367,6 +372,7 @@ def settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, 
                 f"{reference} {ours}", "", provenance(trials, tracker), ""]
     main = [f"# {s.name} ({loaded.profile} profile)", "", f"{reference} {ours}", ""]
     for name, sub in loaded.substudies:
+        name = section_name(loaded, name)
         if df.empty or name not in set(df.substudy):
             continue
         part = _substudy_section(loaded, trials, tracker, df, paper, metrics, name, sub, out_dir, written)
