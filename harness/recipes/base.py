@@ -65,12 +65,19 @@ class Recipe:
     eval_samplers: tuple[str, ...] = ()
     # What the study report says about this recipe's numbers; None: the default image-quality wording.
     report: RecipeReport | None = None
+    # "module:function" measuring the floor of the recipe's metrics at a trial's evaluation settings (real vs real,
+    # a perfect and a trivial generator, chance): fn(trial: dict, ctx: TrialContext, draws: int) ->
+    # list[harness.eval.calibration.Floor]. None: the recipe's metrics have no calibration.
+    calibrate_fn: str | None = None
 
     def load_trial_fn(self) -> Callable[..., Any]:
         return _resolve(self.trial_fn)
 
     def load_data_fn(self) -> Callable[..., Any]:
         return _resolve(self.data_loader)
+
+    def load_calibrate_fn(self) -> Callable[..., Any] | None:
+        return _resolve(self.calibrate_fn) if self.calibrate_fn else None
 
     def load_sampler_fn(self) -> Callable[..., Any] | None:
         return _resolve(self.sampler_fn) if self.sampler_fn else None

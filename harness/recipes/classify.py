@@ -201,3 +201,12 @@ def _report_range_test(ctx: TrialContext, history: dict[str, list], peak_lr: flo
         if math.isfinite(loss):
             ctx.report(i, {"lr_find_lr": lr, "lr_find_loss": loss})
     ctx.report(0, {"peak_lr": peak_lr, "lr_find_seconds": seconds})
+
+
+def calibrate_classifier(trial: dict[str, Any], ctx: TrialContext, draws: int) -> list:
+    """Chance accuracy on the test split (1/K); the binomial spread of a measured accuracy follows from it and n."""
+    from harness.eval.calibration import chance
+    from harness.training.loop import load_split
+
+    test = load_split(trial, ctx, "test")
+    return [chance("val_accuracy", test.num_classes, len(test))]

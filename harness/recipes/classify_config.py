@@ -67,6 +67,7 @@ RECIPE = Recipe(
     name="classify",
     train_config=ClassifyTrain,
     trial_fn="harness.recipes.classify:train_classify",
+    calibrate_fn="harness.recipes.classify:calibrate_classifier",
     model_overrides=image_model_overrides,
     description="image classifier: AdamW + OneCycleLR from an LR range test, label smoothing, RandAugment",
     report=RecipeReport(

@@ -103,14 +103,9 @@ def image_quality(sample: SampleFn, ev: EvalSpec, train, test, ctx: TrialContext
     eval.sampling_seeds = k, k draws of n samples (the reference's features are extracted once and cached), their
     means and <metric>_sampling_sd. Returns (metrics, tags, the first draw's samples)."""
     from harness.eval.draws import evaluate_draws
-    from harness.eval.image_metrics import image_distance, train_classifier_extractor
 
     n = int(ev.n_samples)
-    classifier = None
-    if ev.extractor == "classifier":
-        classifier = train_classifier_extractor(train.x, train.y, train.num_classes, ctx.cache_dir,
-                                                train.content_hash()[:16])
-    ref = test.x[:n]
+    distance = _image_distance_fn(ev, train, test, ctx)
     first: list[torch.Tensor] = []
 
     def one(draw: int, noise_seed: int) -> dict[str, Any]:
@@ -120,10 +115,7 @@ def image_quality(sample: SampleFn, ev: EvalSpec, train, test, ctx: TrialContext
         seconds = time.perf_counter() - t0
         if not first:
             first.append(samples)
-        out = image_distance(samples, ref, f"{test.content_hash()[:16]}-{len(ref)}", cache_dir=ctx.cache_dir,
-                             extractor=ev.extractor, weights_path=ev.inception_weights, classifier=classifier,
-                             kid="kid" in ev.metrics, seed=0)
-        return {"sample_seconds": seconds, **out}
+        return {"sample_seconds": seconds, **distance(samples)}
 
     metrics: dict[str, float] = {}
     tags = {}
@@ -133,6 +125,37 @@ def image_quality(sample: SampleFn, ev: EvalSpec, train, test, ctx: TrialContext
         else:
             tags[f"harness.eval.{key}"] = str(value)
     return metrics, tags, first[0]
+
+
+def _image_distance_fn(ev: EvalSpec, train, test, ctx: TrialContext):
+    """uint8 images -> FID/KID (or the classifier distances) against the first n images of ``test`` (the reference's
+    features extracted once and cached); the classifier extractor is trained on ``train``."""
+    from harness.eval.image_metrics import image_distance, train_classifier_extractor
+
+    n = int(ev.n_samples)
+    classifier = None
+    if ev.extractor == "classifier":
+        classifier = train_classifier_extractor(train.x, train.y, train.num_classes, ctx.cache_dir,
+                                                train.content_hash()[:16])
+    ref = test.x[:n]
+    return lambda images: image_distance(
+        images, ref, f"{test.content_hash()[:16]}-{len(ref)}", cache_dir=ctx.cache_dir, extractor=ev.extractor,
+        weights_path=ev.inception_weights, classifier=classifier, kid="kid" in ev.metrics, seed=0)
+
+
+def image_floor(ev: EvalSpec, train, test, ctx: TrialContext, draws: int):
+    """``image_quality``'s real-vs-real floor: ``draws`` samples of n real images that hold none of the reference
+    (the first n of ``test``): the rest of ``test`` when it has n more, else ``train`` when it is another split."""
+    from harness.eval.calibration import real_vs_real
+
+    n = int(ev.n_samples)
+    if len(test) - n >= n:
+        pool = test.x[n:]
+    elif train is not test and train.content_hash() != test.content_hash():
+        pool = train.x
+    else:
+        raise ValueError(f"real-vs-real at n = {n} needs {2 * n} images, the data has {len(test)}")
+    return real_vs_real(_image_distance_fn(ev, train, test, ctx), pool, n, draws)
 
 
 def report_history(ctx: Any, history: list[dict[str, float]], log_every: int) -> dict[str, str]:
@@ -148,3 +171,13 @@ def report_history(ctx: Any, history: list[dict[str, float]], log_every: int) ->
         return {}
     return {"harness.train_hash": str(ctx.trial.get("train_hash", "")),
             "harness.training": "trained here" if ctx.trained_epochs else "reused a shared trained model"}
+
+
+def calibrate_images(trial: dict[str, Any], ctx: TrialContext, draws: int) -> list:
+    """The real-vs-real floor of ``image_quality`` against the test split (the score and image DDPM recipes)."""
+    from harness.training.loop import load_split, typed
+
+    ev = typed(EvalSpec, trial["eval"])
+    if not set(ev.metrics) & {"fid", "kid", "fd_classifier", "kd_classifier"}:
+        return []
+    return image_floor(ev, load_split(trial, ctx, "train"), load_split(trial, ctx, "test"), ctx, draws)

@@ -88,3 +88,18 @@ def _evaluate(model, ddpm, cfg, ev: EvalSpec, train, test, seed: int, ctx: Trial
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, last["x"].numpy())
     return metrics, [str(path)]
+
+
+def calibrate_points(trial: dict[str, Any], ctx: TrialContext, draws: int) -> list:
+    """``_evaluate``'s EMD and NLL (eval.emd_n points, ``draws`` runs) of a perfect generator (training points) and
+    of N(0, I): the floor and the ceiling a trained model sits between."""
+    from harness.eval.calibration import point_floors
+    from harness.eval.point_metrics import evaluate_points
+    from harness.training.loop import load_split, typed
+    from harness.training.point_clouds import load_study_points
+
+    ev = typed(EvalSpec, trial["eval"])
+    train = load_split(trial, ctx, "train", load_study_points)
+    test = load_split(trial, ctx, "test", load_study_points)
+    return point_floors(lambda fn: evaluate_points(fn, train, test, runs=max(2, draws), emd_n=ev.emd_n or 128,
+                                                   seed=int(trial["seed"])), train.x, len(test))

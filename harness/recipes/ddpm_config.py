@@ -48,6 +48,7 @@ RECIPE = Recipe(
     name="ddpm",
     train_config=DDPMTrain,
     trial_fn="harness.recipes.ddpm:train_ddpm",
+    calibrate_fn="harness.recipes.ddpm:calibrate_points",
     model_overrides=_model_overrides,
     data_loader="harness.training.point_clouds:load_study_points",
     description="discrete DDPM (epsilon-MSE, ancestral sampling) on 3-D point clouds, scored by EMD and NLL",

@@ -47,6 +47,7 @@ RECIPE = Recipe(
     name="ddpm_image",
     train_config=DDPMImageTrain,
     trial_fn="harness.recipes.ddpm_image:train_ddpm_image",
+    calibrate_fn="harness.recipes.compression_eval:calibrate_images",
     model_overrides=_model_overrides,
     training_view=DDPMImageTrain.training_view,
     description="class-conditional image DDPM with classifier-free guidance and EMA; compression arms",

@@ -170,3 +170,17 @@ def evaluate(ema: nn.Module, trial: dict[str, Any], ctx: TrialContext, train, st
             metrics[f"denoise_loss_sigma_{sigma:g}"] = value
     metrics["eval_seconds"] = time.perf_counter() - t0
     return metrics, [str(grid_path)], tags
+
+
+def calibrate_edm(trial: dict[str, Any], ctx: TrialContext, draws: int) -> list:
+    """The real-vs-real floor of ``evaluate``'s distances: n real training images outside its reference subset
+    against that subset, ``draws`` times."""
+    from harness.eval.calibration import real_vs_real
+
+    ev: EvalSpec = typed(EvalSpec, trial["eval"])
+    if not set(ev.metrics) & {"fid", "kid"}:
+        return []
+    train = load_split(trial, ctx, "train")
+    n = int(ev.n_samples)
+    rest = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[n:]  # _distance_fn's subset is [:n]
+    return real_vs_real(_distance_fn(ev, trial, ctx, train), train.x[rest], n, draws)

@@ -55,6 +55,7 @@ RECIPE = Recipe(
     name="edm",
     train_config=EDMTrain,
     trial_fn="harness.recipes.edm:train_edm",
+    calibrate_fn="harness.recipes.edm:calibrate_edm",
     model_overrides=_model_overrides,
     eval_samplers=SAMPLERS,
     description="EDM/Karras diffusion (k-diffusion v0.1.1 configs): soft-min-SNR loss, DPM-Solver++(2M) sampling",

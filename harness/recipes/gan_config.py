@@ -45,6 +45,7 @@ RECIPE = Recipe(
     name="gan",
     train_config=GANTrain,
     trial_fn="harness.recipes.gan:train_gan",
+    calibrate_fn="harness.recipes.generator_eval:calibrate_generator",
     model_overrides=image_model_overrides,
     description="class-conditional DCGAN (depthwise-separable, spectral norm, label smoothing), generator EMA",
     sampler_fn="harness.recipes.gan:sample_grids",

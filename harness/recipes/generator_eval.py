@@ -47,3 +47,12 @@ def evaluate_generator(sample: LabelledSampler, num_classes: int, trial: dict[st
                                            int(trial["seed"]))
     grid = grid_png(samples[: ev.grid], ctx.run_dir / "samples" / f"step_{step:09d}.png")
     return {**quality, "nfe": float(nfe["n"])}, [str(grid)], tags
+
+
+def calibrate_generator(trial: dict[str, Any], ctx: TrialContext, draws: int) -> list:
+    """The real-vs-real floor of ``evaluate_generator``'s distances (its reference: the first n training images)."""
+    from harness.recipes.compression_eval import image_floor
+    from harness.training.loop import load_split
+
+    train = load_split(trial, ctx, "train")
+    return image_floor(typed(EvalSpec, trial["eval"]), train, train, ctx, draws)

@@ -70,6 +70,7 @@ RECIPE = Recipe(
     name="score",
     train_config=ScoreTrain,
     trial_fn="harness.recipes.score:train_score",
+    calibrate_fn="harness.recipes.compression_eval:calibrate_images",
     model_overrides=_model_overrides,
     training_view=ScoreTrain.training_view,
     eval_samplers=SAMPLERS,

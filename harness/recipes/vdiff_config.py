@@ -60,6 +60,7 @@ RECIPE = Recipe(
     name="vdiff",
     train_config=VDiffTrain,
     trial_fn="harness.recipes.vdiff:train_vdiff",
+    calibrate_fn="harness.recipes.generator_eval:calibrate_generator",
     model_overrides=image_model_overrides,
     eval_samplers=tuple(SAMPLERS),
     description="continuous-time v-diffusion (Crowson) with CFG, Sobol timesteps, EMA, ancestral/DDIM sampling",
