@@ -33,17 +33,17 @@ def test_a_consistent_paired_improvement_is_better_with_an_interval_excluding_ze
         "D2S8I"].vs_baseline == "worse"
 
 
-def test_noise_gives_no_clear_difference_and_one_pair_no_interval():
+def test_noise_is_within_noise_and_one_pair_is_undecided():
     rng = np.random.default_rng(1)
     base = list(rng.standard_normal(6))
     noisy = list(rng.standard_normal(6))
     r = compare_arms(frame({"x": base, "y": noisy}), "x", False).set_index("arm").loc["y"]
-    assert r.ci_low < 0 < r.ci_high and r.vs_baseline == "no clear difference"
+    assert r.ci_low < 0 < r.ci_high and r.vs_baseline == "within noise"
     single = compare_arms(frame({"x": [1.0], "y": [0.5]}), "x", False).set_index("arm").loc["y"]
-    assert single.pairs == 1 and single["diff"] == -0.5 and single.vs_baseline.startswith("one pair")
+    assert single.pairs == 1 and single["diff"] == -0.5 and single.vs_baseline == "undecided (1 pair: add seeds)"
     unpaired = frame({"x": [1.0], "y": [0.5]}, contexts=("a",))
     unpaired.loc[unpaired.arm == "y", "context"] = [(("dataset", "other"),)]
-    assert compare_arms(unpaired, "x", False).set_index("arm").loc["y"].vs_baseline == "no paired trial"
+    assert compare_arms(unpaired, "x", False).set_index("arm").loc["y"].vs_baseline == "undecided (no paired trial)"
 
 
 def test_markdown_has_a_row_per_arm_and_the_caption():
@@ -60,3 +60,12 @@ def test_pareto_front_keeps_exactly_the_undominated_points():
     quality = np.array([5, 3, 4, 1, 1, 3, 0])  # (2, 3) twice: ties dominate neither; NaN is never on the front
     assert pareto_mask(cost, quality, higher_better=False).tolist() == [True, True, False, True, False, True, False]
     assert pareto_mask(cost, quality, higher_better=True).tolist() == [True, False, False, False, False, False, False]
+
+
+def test_a_margin_asks_for_equivalence_by_two_one_sided_tests():
+    base = [10.0, 12.0, 11.0, 13.0, 10.5, 12.5]
+    arm = [b + d for b, d in zip(base, [0.1, -0.1, 0.05, -0.05, 0.1, -0.08])]  # the same in every pair, nearly
+    r = compare_arms(frame({"x": base, "y": arm}), "x", False, margin=0.5).set_index("arm").loc["y"]
+    assert r.vs_baseline == "equivalent" and r.p_equivalence < 0.05
+    r = compare_arms(frame({"x": base, "y": arm}), "x", False, margin=0.01).set_index("arm").loc["y"]
+    assert r.vs_baseline == "within noise"  # a margin inside the noise is not shown

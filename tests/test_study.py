@@ -260,7 +260,7 @@ def test_toy_ddpm_smoke_runs_every_substudy_and_writes_tables_and_plots(tmp_path
     assert set(table.arm) == {10, 50} and table.set_index("arm").loc[50, "vs_baseline"] == "baseline"
     row = table.set_index("arm").loc[10]
     assert row.pairs == 2 and row.ci_low < row["diff"] < row.ci_high
-    assert (row.vs_baseline == "no clear difference") == (row.p_paired_t >= 0.05)
+    assert (row.vs_baseline == "within noise") == (row.p_paired_t >= 0.05)
 
 
 @pytest.mark.parametrize(

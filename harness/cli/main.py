@@ -223,18 +223,20 @@ def table(study_file, profile, sets, tracking_uri, results_dir) -> None:
               "table.baseline variant, else the first arm).")
 @click.option("--substudy", default=None, help="Only this substudy's trials (default: the substudies that vary the "
               "key).")
+@click.option("--margin", default=None, type=float, help="Equivalence margin in the metric's units: an arm within "
+              "±MARGIN of the baseline by two one-sided tests is called equivalent (a claim that A matches B).")
 @_profile
 @_sets
 @_tracking
 @_results
-def compare(study_file, by, metric, baseline, substudy, profile, sets, tracking_uri, results_dir) -> None:
+def compare(study_file, by, metric, baseline, substudy, margin, profile, sets, tracking_uri, results_dir) -> None:
     """Arms of STUDY_FILE side by side (mean ± std over seeds), each paired with the baseline arm: mean difference,
     95% interval and paired t-test; writes results/<study>/<profile>/compare_<key>.{md,csv}."""
     from harness.run.commands import compare_study
     from harness.run.session import StudySession
 
     session = StudySession(study_file, profile, parse_sets(sets), tracking_uri, results_dir)
-    compare_study(session, by, metric, baseline, substudy, echo=click.echo)
+    compare_study(session, by, metric, baseline, substudy, echo=click.echo, margin=margin)
 
 
 @main.command()

@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from harness.errors import UserError
@@ -75,11 +74,13 @@ def trial_values(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, met
     return pd.DataFrame(rows, columns=["arm", "context", "seed", "value", "diagnostic"])
 
 
-def compare_arms(df: pd.DataFrame, baseline: Any, higher_better: bool) -> pd.DataFrame:
-    """Per arm: n, mean, std, and against the baseline the paired mean difference with its 95% t interval and the
-    paired t-test's p, and a verdict (better/worse when the interval excludes 0, else no clear difference). A
-    t interval rather than a bootstrap: with 2-5 pairs a percentile bootstrap is far too narrow."""
-    from scipy import stats
+def compare_arms(df: pd.DataFrame, baseline: Any, higher_better: bool, margin: float | None = None) -> pd.DataFrame:
+    """Per arm: n, mean, std, and against the baseline the paired mean difference with its 95% t interval, the
+    paired t-test's p and the verdict of harness.reporting.verdicts (better/worse when the interval excludes 0;
+    equivalent when asked with a ``margin`` and shown by two one-sided tests; within noise; undecided with fewer
+    than two pairs). A t interval rather than a bootstrap: with 2-5 pairs a percentile bootstrap is far too
+    narrow."""
+    from harness.reporting.verdicts import compare
 
     base = df[df.arm == baseline].set_index(["context", "seed"]).value
     out = []
@@ -91,26 +92,18 @@ def compare_arms(df: pd.DataFrame, baseline: Any, higher_better: bool) -> pd.Dat
             out.append(row)
             continue
         paired = g.set_index(["context", "seed"]).value.to_frame("arm").join(base.rename("base"), how="inner").dropna()
-        d = (paired["arm"] - paired["base"]).to_numpy()
-        row["pairs"] = len(d)
-        if len(d):
-            row["diff"] = float(d.mean())
-        if len(d) >= 2 and np.ptp(d) > 0:
-            test = stats.ttest_rel(paired["arm"], paired["base"])
-            ci = test.confidence_interval(0.95)  # t interval: honest for the few seeds studies have
-            row["ci_low"], row["ci_high"] = float(ci.low), float(ci.high)
-            row["p_paired_t"] = float(test.pvalue)
-            if ci.low > 0 or ci.high < 0:
-                good = (ci.low > 0) == higher_better
-                row["vs_baseline"] = "better" if good else "worse"
-            else:
-                row["vs_baseline"] = "no clear difference"
-        elif len(d) >= 2:
-            row["vs_baseline"] = "identical in every pair"
-        elif len(d) == 1:
-            row["vs_baseline"] = "one pair: no interval (add seeds)"
-        else:
-            row["vs_baseline"] = "no paired trial"
+        row["pairs"] = len(paired)
+        if not len(paired):
+            row["vs_baseline"] = "undecided (no paired trial)"
+            out.append(row)
+            continue
+        v = compare(paired["arm"], paired["base"], higher_better, paired=True, margin=margin)
+        row["diff"] = v.diff
+        if not math.isnan(v.lo):
+            row["ci_low"], row["ci_high"], row["p_paired_t"] = v.lo, v.hi, v.p
+        row["vs_baseline"] = v.verdict if not math.isnan(v.lo) else f"{v.verdict} ({v.method}: add seeds)"
+        if margin is not None:
+            row["p_equivalence"] = v.p_equivalence
         out.append(row)
     return pd.DataFrame(out)
 
@@ -152,7 +145,7 @@ def _question_trials(loaded: LoadedStudy, trials: list[Trial], key: str, substud
 
 
 def run_compare(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, by: str, metric: str | None,
-                baseline: str | None, out_dir: Path, substudy: str | None = None
+                baseline: str | None, out_dir: Path, substudy: str | None = None, margin: float | None = None
                 ) -> tuple[pd.DataFrame, str, list[Path]]:
     """Compare the study's arms along ``by``; writes compare_<by>.{md,csv} under ``out_dir``."""
     s = loaded.study
@@ -174,13 +167,17 @@ def run_compare(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, by: 
             raise UserError(f"--baseline {baseline!r} is not one of the arms of {key}: {', '.join(map(str, arms))}")
         base = found[0]
     higher = chosen.higher_better
-    res = compare_arms(df, base, higher)
+    if margin is not None and not margin > 0:
+        raise UserError(f"--margin must be a positive difference in {metric_key}'s units, got {margin:g}")
+    res = compare_arms(df, base, higher, margin)
     seeds = sorted(set(df.seed))
     caption = (f"{s.name}, profile `{loaded.profile}`: arms of `{key}` on `{metric_key}` "
                f"({'higher' if higher else 'lower'} is better; {'best evaluation' if s.table.kind == 'best_checkpoint' else 'final value'} "  # noqa: E501
                f"per trial), each paired with baseline `{base}` on everything else that identifies a trial "
                f"(seeds {', '.join(map(str, seeds))}). diff: mean paired difference (arm - baseline), with its 95% "
-               "t interval and the paired t-test's p.")
+               "t interval and the paired t-test's p; verdict: better/worse when the interval excludes 0, "
+               + (f"equivalent when two one-sided tests place the difference within ±{margin:g}, " if margin else "")
+               + "within noise otherwise, undecided with fewer than two pairs.")
     pooled = sorted({k for t in trials for k in t.axes for k in k.split("+")} - {key})
     if pooled:  # an arm's own mean spans the other axes' values; only the pairs keep them apart
         caption += (f" Each arm's mean ± std pools its trials across {', '.join(pooled)} (n counts them); the "

@@ -76,13 +76,14 @@ def write_tables(session: StudySession, echo: Echo = print) -> list[Path]:
 
 
 def compare_study(session: StudySession, by: str, metric: str | None = None, baseline: str | None = None,
-                  substudy: str | None = None, echo: Echo = print):
+                  substudy: str | None = None, echo: Echo = print, margin: float | None = None):
     """`harness compare`: arms of ``by`` against the baseline arm, written beside the study's tables."""
     from harness.reporting.compare import run_compare
 
     trials, tracker = _open_store(session)
     out_dir = session.out_dir
-    res, text, written = run_compare(session.loaded, trials, tracker, by, metric, baseline, out_dir, substudy)
+    res, text, written = run_compare(session.loaded, trials, tracker, by, metric, baseline, out_dir, substudy,
+                                     margin)
     from harness.reporting.report import refresh_appendix
 
     report = refresh_appendix(out_dir)  # the report lists the comparison too
