@@ -18,6 +18,7 @@ import re
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,13 +169,101 @@ def check_server(uri: str, timeout: float = 10.0) -> None:
                         "--tracking-uri / MLFLOW_TRACKING_URI.") from None
 
 
-def runs_page_urls(tracking_uri: str, base_url: str) -> dict[str, str]:
+# The MLflow UI's shareable views: an experiment tag `mlflow.sharedViewState.<key>` holds a JSON view (search
+# filter, ordering, selected columns, column widths) that `?viewStateShareKey=<key>` opens; the UI takes no columns
+# from the URL itself. The harness's own views carry this key prefix, so stale ones are replaced, never the user's.
+SHARED_VIEW_TAG, VIEW_KEY_PREFIX = "mlflow.sharedViewState.", "harness-"
+RUN_NAME_COLUMN = "attributes.`Run Name`"  # the runs table's column id (190 px wide by default)
+# (study file as the newest parent run logged it, metric keys its trial runs logged) -> [(key, higher is better)]
+KeyMetrics = Callable[[dict[str, Any], set[str]], list[tuple[str, bool]]]
+
+
+def runs_page_urls(tracking_uri: str, base_url: str, key_metrics: KeyMetrics | None = None) -> dict[str, str]:
     """Each experiment's runs table in the MLflow UI at ``base_url``, opened in its model-training view (MLflow 3's
-    UI starts in its GenAI view, which shows traces, not runs)."""
+    UI starts in its GenAI view, which shows traces, not runs).
+
+    With ``key_metrics`` (given the study file the newest parent run logged and the metric keys its trial runs
+    logged, it returns ``[(metric key, higher is better)]``, the one to rank by first), the page opens on a saved
+    view: the trial runs only, flat (the UI nests child runs, collapsed, only when sorted by start time), ranked by
+    the first key metric, with those metrics as columns and a run-name column wide enough for trial names. A store
+    that cannot take the view's tag (read-only) gets the plain page."""
     from mlflow.tracking import MlflowClient
 
-    return {e.name: f"{base_url}/#/experiments/{e.experiment_id}/runs?workflowType=machine_learning"
-            for e in MlflowClient(tracking_uri).search_experiments() if e.name != "Default"}
+    client = MlflowClient(tracking_uri)
+    out = {}
+    for e in client.search_experiments():
+        if e.name == "Default":
+            continue
+        url = f"{base_url}/#/experiments/{e.experiment_id}/runs?workflowType=machine_learning"
+        view = _key_metric_view(client, e.experiment_id, key_metrics) if key_metrics else None
+        key = _save_view(client, e, view) if view else None
+        out[e.name] = f"{url}&viewStateShareKey={key}" if key else url
+    return out
+
+
+def _key_metric_view(client: Any, experiment_id: str, key_metrics: KeyMetrics) -> dict | None:
+    """The runs-table view of a study's trial runs ranked by its key metrics; None when its trials logged none."""
+    trials = client.search_runs([experiment_id], filter_string=f"tags.`{TAG}kind` = '{KIND_TRIAL}'",
+                                max_results=1000)
+    logged = {k for r in trials for k in r.data.metrics}
+    metrics = key_metrics(_study_file(client, experiment_id), logged) if logged else []
+    if not metrics:
+        return None
+    columns = [f"metrics.`{k}`" for k, _ in metrics]
+    return {
+        "searchFilter": f"tags.`{TAG}kind` = '{KIND_TRIAL}'",
+        "orderByKey": columns[0],
+        "orderByAsc": not metrics[0][1],
+        "selectedColumns": [*columns, f"tags.`{TAG}profile`"],
+        "columnOrder": [RUN_NAME_COLUMN, *columns],  # the UI applies widths only to the columns listed here
+        # wide enough for a trial's name and a metric's full float (the UI shows every digit, 100 px shows 10)
+        "columnWidths": {RUN_NAME_COLUMN: 300, **{c: 160 for c in columns}},
+    }
+
+
+def _study_file(client: Any, experiment_id: str) -> dict[str, Any]:
+    """The resolved study file the newest parent run logged (``study.yaml``); {} when there is none to read."""
+    import tempfile
+
+    parents = client.search_runs([experiment_id], filter_string=f"tags.`{TAG}kind` = '{KIND_PARENT}'",
+                                 order_by=["attributes.start_time DESC"], max_results=1)
+    if not parents:
+        return {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            text = Path(client.download_artifacts(parents[0].info.run_id, "study.yaml", tmp)).read_text()
+        study = yaml.safe_load(text)
+    except Exception:  # noqa: BLE001 - a missing or unreadable artifact only loses the study's own metric order
+        return {}
+    return study if isinstance(study, dict) else {}
+
+
+def _save_view(client: Any, experiment: Any, view: dict) -> str | None:
+    """Store ``view`` as the experiment's shared view under a key made from its content (so an unchanged view is
+    written once) and drop the harness's older views; returns the key, or None when the store refuses the write."""
+    import hashlib
+
+    text = json.dumps(view, sort_keys=True)
+    key = VIEW_KEY_PREFIX + hashlib.sha256(text.encode()).hexdigest()[:16]
+    tags = experiment.tags or {}
+    try:
+        if tags.get(SHARED_VIEW_TAG + key) != text:
+            client.set_experiment_tag(experiment.experiment_id, SHARED_VIEW_TAG + key, text)
+    except Exception as e:  # noqa: BLE001 - a read-only or busy store still serves the plain page
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        logging.getLogger(__name__).warning("no key-metric view for %s (%s)", experiment.name, first)
+        return None
+    for old in tags:
+        if old.startswith(SHARED_VIEW_TAG + VIEW_KEY_PREFIX) and old != SHARED_VIEW_TAG + key:
+            with contextlib.suppress(Exception):  # a stale view left behind is harmless
+                client.delete_experiment_tag(experiment.experiment_id, old)
+    return key
+
+
+def parent_run_name(profile: str, when: float | None = None) -> str:
+    """A parent run's name: the profile and the start (``smoke 05-01 12:00``). The study is the run's experiment, so
+    its name would only repeat it; the MLflow UI's run-name column shows about 16 characters before it cuts."""
+    return f"{profile} {time.strftime('%m-%d %H:%M', time.localtime(when))}"
 
 
 class Tracker:
@@ -265,7 +354,7 @@ class Tracker:
     def start_parent(self, study: str, profile: str, tags: dict[str, str], resolved_yaml: str) -> str:
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"{study} [{profile}] {time.strftime('%Y-%m-%d %H:%M')}",
+            run_name=parent_run_name(profile),
             tags={f"{TAG}study": study, f"{TAG}kind": KIND_PARENT, f"{TAG}profile": profile, **tags},
         )
         self.client.log_text(run.info.run_id, resolved_yaml, "study.yaml")

@@ -1,9 +1,10 @@
 """The MLflow UI as a researcher sees it, checked in a real browser (Debian's headless Chromium + ChromeDriver).
 
-A two-variant smoke study fills a store; `harness ui` serves it on 127.0.0.1; Chromium opens the URL `harness ui`
-prints for the study, expands the study's parent run and finds every trial's child run by its readable name, opens
-one, and checks that its metric charts are drawn and that its sample grid is shown as an image of the logged PNG's
-size. Screenshots of each page go to the test's temp dir.
+A two-variant smoke study fills a store; `harness ui` serves it on 127.0.0.1. In Chromium, the experiment's plain
+runs page shows the study's parent run with its whole name, and expanding it shows every trial's child run by its
+readable name; the URL `harness ui` prints for the study shows, without a click, every trial ranked by the study's
+table metric, whose column is shown with the values logged; a trial opened from there has its metric charts drawn
+and its sample grid shown as an image of the logged PNG's size. Screenshots of each page go to the test's temp dir.
 
 Skipped when Chromium, ChromeDriver or selenium are missing, unless HARNESS_REQUIRE_BROWSER=1 (set by .ci/run,
 which installs them), so CI cannot pass without running it.
@@ -19,7 +20,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -66,28 +66,22 @@ def ui_server(tmp_path):
                          capture_output=True, text=True, timeout=600, env=_env(), cwd=REPO)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     port = _free_port()
-    out = tmp_path / "ui.log"
-    log = out.open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", "--results-dir", str(results), "--port",
-                             str(port)], stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO,
-                            start_new_session=True)
+    out, err = tmp_path / "ui.out", tmp_path / "ui.err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", "--results-dir", str(results), "--port",
+                                 str(port)], stdout=stdout, stderr=stderr, env=_env(), cwd=REPO,
+                                start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"{base}/health", timeout=2).read() == b"OK":
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, out.read_text()[-2000:]
+        while not any(line.startswith("  block_sharing: ") for line in out.read_text().splitlines()):
+            assert proc.poll() is None and time.time() < deadline, out.read_text() + err.read_text()[-2000:]
             time.sleep(0.5)
-        lines = out.read_text().splitlines()[:2]  # the UI's address, then the study's runs page
-        yield results, base, lines
+        # printed once the server answers: the starting line, the UI's address, then the study's runs page
+        yield results, base, out.read_text().splitlines()
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-        log.close()
+        proc.send_signal(signal.SIGTERM)  # the harness process alone: it ends the server's processes with it
+        proc.wait(timeout=60)
 
 
 @pytest.fixture
@@ -115,10 +109,10 @@ def test_the_mlflow_ui_shows_the_child_runs_a_metric_chart_and_a_sample_grid(ui_
     from selenium.webdriver.support.ui import WebDriverWait
 
     results, base, lines = ui_server
-    assert lines[0].endswith(f"at {base}"), lines
-    assert "block_sharing" in lines[1]
-    study_url = lines[1].split(": ", 1)[1]
-    assert study_url.startswith(f"{base}/#/experiments/") and study_url.startswith("http://127.0.0.1:")
+    assert lines[0].startswith("starting the MLflow UI for ") and lines[1].endswith(f"at {base}"), lines
+    assert lines[2].startswith("  block_sharing: "), lines
+    study_url = lines[2].split(": ", 1)[1]
+    assert study_url.startswith(f"{base}/#/experiments/") and "&viewStateShareKey=harness-" in study_url
 
     client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     exp = client.get_experiment_by_name("block_sharing")
@@ -126,16 +120,52 @@ def test_the_mlflow_ui_shows_the_child_runs_a_metric_chart_and_a_sample_grid(ui_
     trials = client.search_runs([exp.experiment_id], filter_string="tags.`harness.kind` = 'trial'")
     names = sorted(r.info.run_name for r in trials)
     assert names == sorted(f"{v} synthetic seed=0" for v in VARIANTS)
+    [parent] = client.search_runs([exp.experiment_id], filter_string="tags.`harness.kind` = 'study'")
     wait = WebDriverWait(browser, 60)
 
-    # The study's runs table: one parent row; its expander shows the child runs by name.
-    browser.get(study_url)
-    parent = wait.until(EC.presence_of_element_located((By.PARTIAL_LINK_TEXT, "block_sharing [smoke]")))
-    expander = parent.find_element(By.XPATH, "./ancestor::*[@role='gridcell'][1]//button")
+    # The experiment's plain runs table: one parent row, its name whole (the column cuts names with an ellipsis);
+    # its expander shows the child runs by name.
+    browser.get(study_url.split("&viewStateShareKey=")[0])
+    link = wait.until(EC.visibility_of_element_located((By.LINK_TEXT, parent.info.run_name)))
+    assert parent.info.run_name.startswith("smoke ")
+    shown = browser.execute_script("const s = arguments[0].querySelector('span') || arguments[0]; "
+                                   "return [s.scrollWidth, s.clientWidth];", link)
+    assert shown[0] <= shown[1], f"parent run name {parent.info.run_name!r} cut: {shown}"
+    expander = link.find_element(By.XPATH, "./ancestor::*[@role='gridcell'][1]//button")
     expander.click()
     for name in names:
         wait.until(EC.presence_of_element_located((By.LINK_TEXT, name)))
     browser.save_screenshot(str(tmp_path / "runs.png"))
+
+    # The study's page as `harness ui` prints it: no click, every trial shown, ranked by the study's table metric
+    # (fid, in the smoke profile's classifier features), whose column shows the values logged.
+    browser.get(study_url)
+    key = "fd_classifier"
+    header = wait.until(EC.visibility_of_element_located(
+        (By.CSS_SELECTOR, f"[role='columnheader'][col-id='metrics.`{key}`']")))
+    assert header.text == key
+    for name in names:
+        wait.until(EC.visibility_of_element_located((By.LINK_TEXT, name)))
+
+    def cells(d):  # row index -> (run name, metric value shown), once both are drawn for every trial
+        rows = {}
+        for row in d.find_elements(By.CSS_SELECTOR, "[role='row'][row-index]"):
+            for cell in row.find_elements(By.CSS_SELECTOR, "[role='gridcell'][col-id]"):
+                entry = rows.setdefault(int(row.get_attribute("row-index")), [None, None])
+                if cell.get_attribute("col-id") == "attributes.`Run Name`":
+                    entry[0] = next((n for n in names if n in cell.text), None)
+                elif cell.get_attribute("col-id") == f"metrics.`{key}`":
+                    entry[1] = cell.text
+        done = len(rows) == len(names) and all(a and b for a, b in rows.values())
+        return rows if done else False
+
+    rows = wait.until(cells)
+    logged = {r.info.run_name: r.data.metrics[key] for r in trials}
+    ranked = sorted(logged, key=logged.get)  # lower is better
+    assert [rows[i][0] for i in sorted(rows)] == ranked, rows
+    for name, value in rows.values():
+        assert float(value) == pytest.approx(logged[name], rel=1e-6), (name, value)
+    browser.save_screenshot(str(tmp_path / "key_metrics.png"))
 
     # A child run's page: its metric charts are drawn (plotly SVGs), the training loss among them.
     run = next(r for r in trials if r.data.tags["harness.variant"] == "D8")
@@ -173,5 +203,5 @@ def test_the_mlflow_ui_shows_the_child_runs_a_metric_chart_and_a_sample_grid(ui_
     assert wait.until(grid_image)
     assert re.search(re.escape(grids[-1]), browser.find_element(By.TAG_NAME, "body").text)
     browser.save_screenshot(str(tmp_path / "sample_grid.png"))
-    for shot in ("runs.png", "metrics.png", "sample_grid.png"):
+    for shot in ("runs.png", "key_metrics.png", "metrics.png", "sample_grid.png"):
         assert (tmp_path / shot).stat().st_size > 10_000
