@@ -10,11 +10,13 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import UserError
-from harness.study.spec import LoadedStudy, load_study
 from harness.tracking import Tracker, default_tracking_uri, sqlite_path
+
+if TYPE_CHECKING:  # the study loader imports torch (seconds): `harness ui` needs only the store functions
+    from harness.study.spec import LoadedStudy
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class StudySession:
     @cached_property
     def loaded(self) -> LoadedStudy:
         """The study file with its profile and `--set` values applied."""
+        from harness.study.spec import load_study
+
         return load_study(self.path, self.profile, self.sets)
 
     @cached_property
