@@ -28,7 +28,7 @@ import yaml
 from harness.errors import UserError
 
 TAG = "harness."
-KIND_PARENT, KIND_TRIAL = "study", "trial"
+KIND_PARENT, KIND_TRIAL, KIND_CALIBRATION = "study", "trial", "calibration"
 
 
 RUNNING_S = f"{TAG}running_s"  # seconds a trial's run spent running, summed over its attempts (not the gaps)
@@ -260,6 +260,11 @@ def _save_view(client: Any, experiment: Any, view: dict) -> str | None:
     return key
 
 
+def _slug(text: str) -> str:
+    """A floor's reference as a metric-name part: "real vs real" -> real_vs_real, "N(0, I)" -> N_0_I."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
+
+
 def parent_run_name(profile: str, when: float | None = None) -> str:
     """A parent run's name: the profile and the start (``smoke 05-01 12:00``). The study is the run's experiment, so
     its name would only repeat it; the MLflow UI's run-name column shows about 16 characters before it cuts."""
@@ -400,6 +405,36 @@ class Tracker:
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, v)
+
+    def calibration_runs(self, study: str) -> dict[str, Any]:
+        """The newest FINISHED calibration run of ``study`` per calibration key (harness.run.calibrate)."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TAG}study` = '{study}' and tags.`{TAG}kind` = '{KIND_CALIBRATION}' and "
+                          "attributes.status = 'FINISHED'",
+            max_results=50_000, order_by=["attributes.start_time DESC"])
+        out: dict[str, Any] = {}
+        for r in runs:
+            out.setdefault(r.data.tags.get(f"{TAG}calibration_key", ""), r)
+        return out
+
+    def log_calibration(self, study: str, key: str, name: str, tags: dict[str, str],
+                        floors: list[dict[str, Any]]) -> str:
+        """One calibration as a finished run of its own: each floor's mean and sd as metrics named
+        ``floor/<reference>/<metric>/{mean,sd}`` and the floors as ``floors.json``."""
+        from mlflow.entities import Metric
+
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={
+            f"{TAG}study": study, f"{TAG}kind": KIND_CALIBRATION, f"{TAG}calibration_key": key, **tags})
+        rid = run.info.run_id
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"floor/{_slug(f['reference'])}/{f['metric']}/{stat}", float(f[stat]), now, 0)
+                   for f in floors for stat in ("mean", "sd") if f[stat] == f[stat]]  # NaN sd: not logged
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(rid, metrics=metrics[i: i + 1000])
+        self.client.log_text(rid, json.dumps(floors, indent=1), "floors.json")
+        self.finish(rid)
+        return rid
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)

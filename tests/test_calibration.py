@@ -52,3 +52,33 @@ def test_every_image_recipe_registers_a_calibration():
     for name in ("edm", "vdiff", "gan", "score", "ddpm_image", "ddpm", "classify"):
         assert get_recipe(name).load_calibrate_fn() is not None, name
     assert get_recipe("null").load_calibrate_fn() is None
+
+
+def test_calibration_runs_once_per_group_and_the_reports_read_it(tmp_path):
+    """The toy-DDPM smoke study (generated point clouds): one calibration run per dataset and evaluation setting,
+    logged to MLflow; a second call measures nothing; the floors come back for the report."""
+    from pathlib import Path
+
+    from harness.reporting.calibration import calibration_groups, floors_table
+    from harness.run.calibrate import run_calibrations
+    from harness.study.spec import expand_trials, load_study
+    from harness.tracking import Tracker
+
+    study = Path(__file__).resolve().parents[1] / "studies" / "toy_ddpm.yaml"
+    loaded = load_study(study, "smoke", {"data.root": str(tmp_path / "data"), "calibration_draws": 2})
+    trials = expand_trials(loaded)
+    groups = calibration_groups(trials, 2)
+    assert 1 <= len(groups) < len(trials)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", loaded.study.name, tmp_path / "mlartifacts")
+    lines = []
+    new = run_calibrations(loaded, trials, tracker, tmp_path, echo=lines.append)
+    assert len(new) == len(groups) and any("training subset: emd_test" in ln for ln in lines)
+    assert run_calibrations(loaded, trials, tracker, tmp_path, echo=lines.append) == []  # nothing measured twice
+    rows = floors_table(loaded, trials, tracker)
+    refs = {(r["dataset"], r["reference"], r["metric"]) for r in rows}
+    for ds in {t.dataset for t in trials}:
+        assert (ds, "training subset", "nll_test") in refs and (ds, "N(0, I)", "emd_test") in refs
+    run = tracker.client.get_run(new[0])
+    assert any(k.startswith("floor/training_subset/emd_test/") for k in run.data.metrics)
+    off = load_study(study, "smoke", {"calibration_draws": 0})
+    assert run_calibrations(off, expand_trials(off), tracker, tmp_path) == []

@@ -102,6 +102,9 @@ class Study:
     table: TableSpec = field(default_factory=TableSpec)
     profiles: dict[str, dict] = field(default_factory=dict)
     default_profile: str | None = None
+    # draws of each metric floor (real vs real, perfect and trivial generators) measured once per dataset and
+    # evaluation setting after the trials (harness.run.calibrate); 0: none. Not part of any trial's hash.
+    calibration_draws: int = 5
     # Named parts of one study (e.g. one per question of a homework): each is a mapping of overrides (variants,
     # datasets, axes, train, ...) on top of the study; a trial shared by several parts runs once (same hash).
     substudies: dict[str, dict] = field(default_factory=dict)

@@ -363,6 +363,7 @@ def _validated(merged: dict, where: str) -> Study:
     _check_resources(study.resources, where)
     check_data(study.data, where)
     _check_table(study.table, where)
+    _count(study.calibration_draws, "calibration_draws", where, low=0, high=1000)
     for key, values in study.axes.items():
         if not isinstance(values, list) or not values:
             raise SpecError(f"{where}: axes.{_key(key)} must be a non-empty list of values")
