@@ -234,7 +234,7 @@ HUGE = "1" * 100_000
                                             "9 digits"]),
     ("block_sharing", ["train.steps=1000000000"], ["train.steps=1000000000 is too large"]),
     ("toy_ddpm", ["train.epochs=1e9"], ["train.epochs=1000000000 is too large"]),
-    ("block_sharing", ["train.steps=0"], ["steps, batch_size, grad_accum and log_every must be >= 1"]),
+    ("block_sharing", ["train.steps=0"], ["train: train.steps must be >= 1, got 0"]),
     # (d) memory that obviously cannot fit
     ("block_sharing", ["train.batch_size=1e8"], ["variant 'D16' needs at least", "GB of memory per worker",
                                                  "more than this machine's 17.2 GB", "lower train.batch_size"]),
@@ -359,3 +359,99 @@ def test_memory_is_the_gpus_when_the_study_asks_for_one_and_cuda_is_here(monkeyp
     import psutil
 
     assert spec.machine_memory(0.0) == (psutil.virtual_memory().total, "this machine's")
+
+
+# ------------------------------------------------------ issue 18: one pre-flight before Ray, with the remedy
+@pytest.fixture
+def laptop(monkeypatch):
+    """This machine as a 2-CPU laptop without GPUs, whatever runs the tests."""
+    import torch
+
+    import harness.run.preflight as preflight
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(preflight, "machine_cpus", lambda: 2.0)
+
+
+def test_paper_profile_on_a_laptop_fails_once_before_ray_naming_everything_and_the_profile_that_runs(
+        tmp_path, monkeypatch, laptop):
+    """It used to fail one prerequisite at a time: cifar10, then artbench10, then (after starting Ray) the CPUs, then
+    the GPUs without a remedy."""
+    import shlex
+
+    import ray
+
+    import harness.run.estimate as estimate
+
+    path = study_copy(tmp_path, "block_sharing", lambda d: d.update(default_profile="paper"))
+    results = tmp_path / "results"
+    # data.download=false: the test must not download CIFAR where there is a network
+    res = invoke("study", str(path), "--results-dir", str(results), "--set", "data.download=false")
+    out = assert_one_sentence(
+        res, "profile 'paper' trains 16 trials x 2,000,000 steps on 1 GPU and 8 CPUs each (an estimated ",
+        " GPU-hours at A100 fp32 19.5 TFLOP/s at 40% utilisation), more than this machine has: ",
+        f"dataset 'cifar10' not found under {tmp_path / 'data'}",
+        f"dataset 'artbench10' not found under {tmp_path / 'data'}",
+        "a trial needs 1 GPU (resources.workers x gpus_per_worker) but this machine has 0",
+        "a trial needs 8 CPUs (resources.workers=1 x cpus_per_worker=8) but this machine has 2")
+    command = f"harness study {path} --profile cpu --set data.download=false --results-dir {results}"
+    assert f"runs here: `{command}`" in out, out
+    assert "--profile paper" not in out  # it needs a GPU
+    assert out.count(";") == out.count("; ")  # a ';'-joined list: the loader's own ';' became ','
+    assert not ray.is_initialized()
+    assert not (results / "mlflow.db").exists()
+
+    # the command runs as printed (here as a dry run, without measuring rates)
+    monkeypatch.setattr(estimate, "MEASURE_BUDGET_S", 0.0)
+    words = shlex.split(command)
+    assert words[:2] == ["harness", "study"]
+    ok = CliRunner().invoke(main, [*words[1:], "--dry-run"])
+    assert ok.exit_code == 0, (ok.output, ok.exception)
+    assert "study block_sharing [profile cpu]: 8 trials" in ok.output
+
+
+def test_a_trial_larger_than_this_machine_is_refused_before_ray_with_the_sets_that_still_apply(tmp_path, laptop):
+    """Data present, only resources short: refused before Ray starts (after the store is read: a study with nothing
+    left to train still writes its tables); --set values that no longer fit are left out of the remedy."""
+    import ray
+
+    path = study_copy(tmp_path, "block_sharing")
+    results = tmp_path / "results"
+    res = invoke("study", str(path), "--results-dir", str(results), "--set", "resources.gpus_per_worker=1",
+                 "--set", "seeds=[3]")
+    out = assert_one_sentence(res, "profile 'smoke' trains 8 trials x 4 steps on 1 GPU and 1 CPU each",
+                              "more than this machine has: a trial needs 1 GPU",
+                              f"runs here: `harness study {path} --profile cpu --set 'seeds=[3]' --results-dir "
+                              f"{results}`")
+    assert "gpus_per_worker=1 " not in out.split("runs here")[1]
+    assert "--profile paper" not in out
+    assert not ray.is_initialized()
+    c = __import__("mlflow").tracking.MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    assert not c.search_runs([c.get_experiment_by_name("block_sharing").experiment_id])  # no parent, no trial
+
+
+def test_on_a_cluster_too_small_the_refusal_names_the_profiles_that_fit_it(tmp_path, monkeypatch):
+    import harness.run.preflight as preflight
+    from harness.run.session import StudySession
+
+    path = study_copy(tmp_path, "block_sharing", lambda d: d.update(default_profile="paper"))
+    session = StudySession(str(path), sets={"data.download": False})
+    monkeypatch.setattr(preflight, "cluster_capacity",
+                        lambda: preflight.Capacity(4.0, 0.0, ((2.0, 0.0), (2.0, 0.0)), "the Ray cluster"))
+    with pytest.raises(UserError) as e:
+        preflight._check_fits(session.loaded.study.resources, session, "10.0.0.1:6379")
+    msg = str(e.value)
+    assert msg.startswith("a trial needs 8 CPUs (resources.workers=1 x cpus_per_worker=8) but the Ray cluster has 4; "
+                          "a trial needs 1 GPU"), msg
+    assert ("runs there: `harness study " + str(path) + " --profile cpu --set data.download=false --address "
+            "10.0.0.1:6379` or `harness study " + str(path) + " --profile smoke --set data.download=false --address "
+            "10.0.0.1:6379`") in msg, msg
+    assert "\n" not in msg
+
+    monkeypatch.setattr(preflight, "cluster_capacity",
+                        lambda: preflight.Capacity(16.0, 2.0, ((8.0, 0.0), (8.0, 2.0)), "the Ray cluster"))
+    preflight._check_fits(session.loaded.study.resources, session, "10.0.0.1:6379")  # fits: no error
+    monkeypatch.setattr(preflight, "cluster_capacity",
+                        lambda: preflight.Capacity(16.0, 2.0, ((8.0, 0.0), (4.0, 2.0)), "the Ray cluster"))
+    with pytest.raises(UserError, match="no node of the Ray cluster has 8 CPUs and 1 GPUs for one worker"):
+        preflight._check_fits(session.loaded.study.resources, session, "10.0.0.1:6379")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.console import format_table
+from harness.run.estimate import TrialEstimate
 from harness.study.spec import LoadedStudy, Trial, expand_trials
 from harness.tracking import Tracker
 
@@ -54,3 +55,20 @@ def trial_table(plan: Plan) -> str:
     for r in rows:
         r["epochs"] = r["steps"]
     return format_table(rows, cols)
+
+
+def estimate_table(plan: Plan, estimates: list[TrialEstimate]) -> str:
+    """The compute estimate of each trial (harness.run.estimate), in the trial table's order: samples trained on,
+    training + evaluation TFLOP, GPU-hours at the profile's scale, minutes on this machine and where their rate came
+    from."""
+    rows = []
+    for t, e in zip(plan.trials, estimates):
+        minutes = e.minutes
+        rows.append({
+            "variant": t.variant, "dataset": t.dataset, "axes": t.axes_text(), "seed": t.seed, "hash": t.config_hash,
+            "train samples": e.train_samples, "TFLOP": round(e.flops / 1e12, 3), "GPU-h": round(e.gpu_hours, 4),
+            "min here": round(minutes, 2) if minutes is not None else None,
+            "rate here": e.note or e.rate_source,
+        })
+    return "estimate per trial:\n" + format_table(rows, ["variant", "dataset", "axes", "seed", "hash", "train samples",
+                                                          "TFLOP", "GPU-h", "min here", "rate here"])

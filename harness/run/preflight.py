@@ -1,18 +1,52 @@
-"""Checks made before anything runs: the data each dataset needs (and its fingerprint), the Ray cluster (reachable,
-large enough for one trial) and, on a multi-node cluster, storage every node shares. A check that fails ends the
-command in one sentence, before a run is opened in MLflow."""
+"""Checks made before anything runs: the data each dataset needs (and its fingerprint), the resources each trial
+needs of this machine (before a private Ray starts) or of the cluster (once joined), and, on a multi-node cluster,
+storage every node shares. A check that fails ends the command in one sentence, before a run is opened in MLflow,
+saying what the profile asks for, everything that is missing, and the command of a profile that runs here."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from harness.errors import UserError
-from harness.study.spec import LoadedStudy
+from harness.errors import UserError, study_command
+from harness.run.estimate import (  # noqa: F401 - TRAIN_DRIVER_CPU and trial_cpus are this module's interface too
+    TRAIN_DRIVER_CPU,
+    describe_profile,
+    estimate_total,
+    estimate_trials,
+    machine_cpus,
+    trial_cpus,
+)
+from harness.study.spec import LoadedStudy, Trial, expand_trials, load_study
 
-TRAIN_DRIVER_CPU = 0.01  # a Tune trial that only drives a TorchTrainer; its workers hold the real resources
+
+def _study_data(loaded: LoadedStudy) -> tuple[Callable[..., Any], dict[str, Any], list[str]]:
+    """(the study's data loader, its data section with the absolute root, every dataset of every substudy)."""
+    from harness.recipes import get_recipe
+
+    load = get_recipe(loaded.study.recipe).load_data_fn()
+    data = {**dataclasses.asdict(loaded.study.data), "root": str(loaded.data_root())}
+    return load, data, list(dict.fromkeys(d for _, sub in loaded.substudies for d in sub.datasets))
+
+
+def _load_data(loaded: LoadedStudy, download: bool | None = None) -> tuple[dict[str, str], list[UserError]]:
+    """Load each dataset's training split once: (content fingerprints of those that loaded, the errors of those that
+    did not), so every missing dataset is named at once."""
+    load, data, names = _study_data(loaded)
+    download = loaded.study.data.download if download is None else download
+    hashes, missing = {}, []
+    for name in names:
+        try:
+            hashes[name] = load(name, data, "train", download=download).content_hash()[:16]
+        except UserError as e:
+            missing.append(e)
+    return hashes, missing
 
 
 def _check_data(loaded: LoadedStudy) -> dict[str, str]:
@@ -20,12 +54,10 @@ def _check_data(loaded: LoadedStudy) -> dict[str, str]:
     dataset's content fingerprint. The config hash leaves out where data lives (data.root), so the fingerprint is
     what tells a trial trained on other files (or on generated stand-ins) apart: runs record it, and a run with
     another fingerprint does not count as this trial's."""
-    from harness.recipes import get_recipe
-
-    load = get_recipe(loaded.study.recipe).load_data_fn()
-    data = {**dataclasses.asdict(loaded.study.data), "root": str(loaded.data_root())}
-    return {name: load(name, data, "train", download=loaded.study.data.download).content_hash()[:16]
-            for name in dict.fromkeys(d for _, sub in loaded.substudies for d in sub.datasets)}
+    hashes, missing = _load_data(loaded)
+    if missing:
+        raise missing[0]
+    return hashes
 
 
 def _data_hashes_if_available(loaded: LoadedStudy) -> dict[str, str] | None:
@@ -38,18 +70,173 @@ def _data_hashes_if_available(loaded: LoadedStudy) -> dict[str, str] | None:
         return None
 
 
-def check_cluster(address: str | None, rdir: Path, loaded: LoadedStudy) -> None:
+# ------------------------------------------------------------------------------------- what a trial needs of whom
+@dataclass(frozen=True)
+class Capacity:
+    """The CPUs and GPUs trials can have: this machine's (a private local Ray gets them all) or a cluster's."""
+
+    cpus: float
+    gpus: float
+    nodes: tuple[tuple[float, float], ...]  # (CPUs, GPUs) of each node
+    where: str  # "this machine", "the Ray cluster"
+
+
+def local_capacity() -> Capacity:
+    """This machine as a private local Ray instance sees it: Ray's CPU count and torch's CUDA devices."""
+    import torch
+
+    cpus, gpus = machine_cpus(), float(torch.cuda.device_count())
+    return Capacity(cpus, gpus, ((cpus, gpus),), "this machine")
+
+
+def cluster_capacity() -> Capacity:
+    """The joined (or started) Ray cluster's resources; ray.init must have run."""
+    import ray
+
+    total = ray.cluster_resources()
+    nodes = tuple((n.get("Resources", {}).get("CPU", 0.0), n.get("Resources", {}).get("GPU", 0.0))
+                  for n in ray.nodes() if n.get("Alive"))
+    return Capacity(total.get("CPU", 0.0), total.get("GPU", 0.0), nodes, "the Ray cluster")
+
+
+def shortfalls(res, cap: Capacity) -> list[str]:
+    """What one trial asks for that ``cap`` cannot give, in words ([] when it fits): Tune would wait forever."""
+    out = []
+    need_cpu = trial_cpus(res)
+    if need_cpu > cap.cpus + 1e-9:
+        driver = " + the Train driver" if res.uses_train else ""
+        out.append(f"a trial needs {need_cpu:g} CPUs (resources.workers={res.workers} x cpus_per_worker="
+                   f"{res.cpus_per_worker:g}{driver}) but {cap.where} has {cap.cpus:g}")
+    need_gpu = res.workers * res.gpus_per_worker
+    if need_gpu > cap.gpus + 1e-9:
+        out.append(f"a trial needs {need_gpu:g} GPU{'s' if need_gpu != 1 else ''} (resources.workers x "
+                   f"gpus_per_worker) but {cap.where} has {cap.gpus:g}")
+    if not out and not any(c >= res.cpus_per_worker and g >= res.gpus_per_worker for c, g in cap.nodes):
+        out.append(f"no node of {cap.where} has {res.cpus_per_worker:g} CPUs and {res.gpus_per_worker:g} GPUs for one "
+                   "worker (resources.cpus_per_worker, gpus_per_worker)")
+    return out
+
+
+@dataclass
+class MachineCheck:
+    """What a study's profile needs that is missing: datasets, and the resources one trial needs of ``capacity``
+    (None: not known yet, on a cluster not yet joined). ``data_hashes``: the fingerprints of the data that is here."""
+
+    session: Any  # harness.run.session.StudySession
+    trials: list[Trial]
+    data_hashes: dict[str, str]
+    missing: list[UserError]
+    capacity: Capacity | None
+    short: list[str] = field(default_factory=list)
+    address: str | None = None  # --address as given, for the commands the message prints
+
+    def error(self) -> UserError:
+        """One sentence: what the profile asks for, everything missing, and the commands of the profiles that run
+        here (or there, on a cluster)."""
+        loaded = self.session.loaded
+        total = estimate_total(loaded, estimate_trials(loaded, self.trials, measure=False),
+                               self.capacity.cpus if self.capacity else None)
+        where = self.capacity.where if self.capacity else "this machine"
+        lacks = [_one_clause(str(e)) for e in self.missing] + self.short
+        remedy = _remedy(self.session, self.capacity, self.address, bool(self.short)) if self.capacity else ""
+        return UserError(f"{describe_profile(loaded, self.trials, total)}, more than {where} has: "
+                         f"{'; '.join(lacks)}{'; ' + remedy if remedy else ''}")
+
+
+def check_machine(session, trials: list[Trial], address: str | None = None) -> MachineCheck:
+    """Everything the profile needs that can be checked before Ray starts: every dataset of every substudy (loaded
+    once, fingerprinted), and, when the study will start a private local Ray (no --address, no RAY_ADDRESS), the
+    CPUs and GPUs per trial against this machine's."""
+    loaded = session.loaded
+    hashes, missing = _load_data(loaded)
+    local = not (address or os.environ.get("RAY_ADDRESS"))
+    cap = local_capacity() if local else None
+    short = shortfalls(loaded.study.resources, cap) if cap else []
+    return MachineCheck(session, trials, hashes, missing, cap, short, address)
+
+
+def _one_clause(text: str) -> str:
+    """A sentence as an item of a ';'-joined list: its own ';' become ','."""
+    return text.strip().rstrip(".").replace("; ", ", ")
+
+
+# ------------------------------------------------------------------------------------------- the profiles that fit
+def _profile_command(session, profile: str, sets: dict[str, Any], address: str | None = None) -> str:
+    """The `harness study` line for ``profile`` with ``sets``, the study path as typed, the same store and results
+    folder, and the cluster address; quoted so it runs as printed."""
+    return "`" + study_command("study", session.path, profile, sets, session.tracking_uri, session.results_dir,
+                               *(["--address", address] if address else [])) + "`"
+
+
+class _Fits:
+    """Whether a profile of the study, with some --set values, runs on ``cap``: it loads and expands (budgets,
+    memory), one trial fits the resources, and its data is here (without downloading); data checks are cached."""
+
+    def __init__(self, path: Any, cap: Capacity) -> None:
+        self.path, self.cap = path, cap
+        self._data: dict[str, bool] = {}
+
+    def __call__(self, profile: str, sets: dict[str, Any]) -> bool:
+        try:
+            loaded = load_study(self.path, profile, sets)
+            expand_trials(loaded)
+        except UserError:
+            return False
+        if shortfalls(loaded.study.resources, self.cap):
+            return False
+        load, data, names = _study_data(loaded)
+        return all(self._have(load, name, data) for name in names)
+
+    def _have(self, load: Callable[..., Any], name: str, data: dict[str, Any]) -> bool:
+        key = json.dumps([getattr(load, "__qualname__", str(load)), name, data], sort_keys=True, default=str)
+        if key not in self._data:
+            try:
+                load(name, data, "train", download=False)
+                self._data[key] = True
+            except (UserError, OSError, ValueError):  # missing or unreadable here: not a profile that runs here
+                self._data[key] = False
+        return self._data[key]
+
+
+def runnable_profiles(session, cap: Capacity, address: str | None = None) -> list[str]:
+    """Commands of the study's other profiles that run on ``cap``, each with the user's --set values that still
+    apply (kept in order while the profile still fits with them)."""
+    loaded = session.loaded
+    sets = dict(session.sets or {})
+    fits = _Fits(session.path, cap)
+    out = []
+    for profile in loaded.study.profiles:
+        if profile == loaded.profile:
+            continue
+        kept = sets
+        if not fits(profile, sets):
+            if not fits(profile, {}):
+                continue
+            kept = {}
+            for key, value in sets.items():
+                if fits(profile, {**kept, key: value}):
+                    kept[key] = value
+        out.append(_profile_command(session, profile, kept, address))
+    return out
+
+
+def _remedy(session, cap: Capacity, address: str | None, resources: bool) -> str:
+    commands = runnable_profiles(session, cap, address if cap.where != "this machine" else None)
+    here = "here" if cap.where == "this machine" else "there"
+    if commands:
+        return f"runs {here}: {' or '.join(commands)}"
+    hint = " (lower resources.cpus_per_worker, gpus_per_worker or workers with --set)" if resources else ""
+    return f"none of the study's profiles runs {here}{hint}"
+
+
+def check_cluster(address: str | None, rdir: Path, loaded: LoadedStudy, session=None) -> None:
     """Join (or start) Ray, then check what the study's trials need of it; before any run is opened, so an
-    unreachable cluster or unshared storage leaves no run."""
+    unreachable cluster or unshared storage leaves no run. ``session`` (the command's) lets a refusal name the
+    profiles that fit the cluster."""
     _ray_init(address)
     if address or os.environ.get("RAY_ADDRESS"):
         check_shared_storage(rdir, loaded.data_root())
-    _check_fits(loaded.study.resources)
-
-
-def trial_cpus(res) -> float:
-    """CPUs one trial holds: its workers, plus the Train driver when it runs as a TorchTrainer."""
-    return res.cpus_per_worker * res.workers + (TRAIN_DRIVER_CPU if res.uses_train else 0.0)
+    _check_fits(loaded.study.resources, session, address)
 
 
 def _check_reachable(address: str, timeout: float = 10.0) -> None:
@@ -88,24 +275,18 @@ def _ray_init(address: str | None) -> None:
         raise UserError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
 
 
-def _check_fits(res) -> None:
-    """A trial that asks for more than the cluster has would wait for resources forever: refuse it."""
-    import ray
-
-    total = ray.cluster_resources()
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    need_cpu = trial_cpus(res)
-    if need_cpu > total.get("CPU", 0) + 1e-9:
-        driver = " + the Train driver" if res.uses_train else ""
-        raise UserError(f"a trial needs {need_cpu:g} CPUs (resources.workers={res.workers} x cpus_per_worker="
-                        f"{res.cpus_per_worker:g}{driver}) but the Ray cluster has "
-                        f"{total.get('CPU', 0):g}: lower resources.cpus_per_worker (fractions are allowed) or workers.")
-    if res.workers * res.gpus_per_worker > total.get("GPU", 0) + 1e-9:
-        raise UserError(f"a trial needs {res.workers * res.gpus_per_worker:g} GPUs (resources.workers x "
-                        f"gpus_per_worker) but the Ray cluster has {total.get('GPU', 0):g}.")
-    if not any(n.get("CPU", 0) >= res.cpus_per_worker and n.get("GPU", 0) >= res.gpus_per_worker for n in nodes):
-        raise UserError(f"no Ray node has {res.cpus_per_worker:g} CPUs and {res.gpus_per_worker:g} GPUs for one worker "
-                        "(resources.cpus_per_worker, gpus_per_worker).")
+def _check_fits(res, session=None, address: str | None = None) -> None:
+    """A trial that asks for more than the cluster has would wait for resources forever: refuse it, with the
+    profiles that fit the cluster when the command's ``session`` is known."""
+    cap = cluster_capacity()
+    short = shortfalls(res, cap)
+    if not short:
+        return
+    if session is None:
+        raise UserError(f"{'; '.join(short)}: lower resources.cpus_per_worker (fractions are allowed), "
+                        "gpus_per_worker or workers.")
+    raise UserError(f"{'; '.join(short)}: lower resources.cpus_per_worker (fractions are allowed), gpus_per_worker "
+                    f"or workers; {_remedy(session, cap, address, True)}")
 
 
 def _probe(path: str, data_root: str) -> tuple[str | None, bool]:
