@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from harness.errors import UserError, one_line
 from harness.reporting.calibration import EVAL_KEYS, calibration_groups, calibration_name
 from harness.study.spec import LoadedStudy, Trial
 from harness.tracking import Tracker
@@ -41,7 +42,11 @@ def run_calibrations(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker,
         name = calibration_name(t)
         echo(f"{name}: measuring the metric floors ({draws} draws) ...")
         t0 = time.perf_counter()
-        floors = [f.as_dict() for f in fn(payload, ctx, draws)]
+        try:
+            floors = [f.as_dict() for f in fn(payload, ctx, draws)]
+        except (ValueError, UserError) as e:  # e.g. too few real images for two disjoint samples of n
+            echo(f"  not calibrated: {one_line(e)}")
+            continue
         seconds = time.perf_counter() - t0
         tags = {"harness.dataset": t.dataset, "harness.profile": loaded.profile, "harness.recipe": t.recipe,
                 "harness.seconds": f"{seconds:.1f}",

@@ -22,9 +22,11 @@ from typing import Any
 import yaml
 
 from harness.errors import DISK_FULL, UserError, infrastructure_reason_at, one_line
+from harness.run.calibrate import run_calibrations
 from harness.run.commands import show_plan
-from harness.run.plan import Plan, plan_study
-from harness.run.preflight import TRAIN_DRIVER_CPU, _check_data, check_cluster, trial_cpus
+from harness.run.estimate import estimate_total, estimate_trials
+from harness.run.plan import Plan, estimate_table, plan_study
+from harness.run.preflight import TRAIN_DRIVER_CPU, check_cluster, check_machine, trial_cpus
 from harness.run.session import StudySession
 from harness.study.spec import LoadedStudy, Trial, expand_trials
 from harness.tracking import (
@@ -54,8 +56,15 @@ def run_study(session: StudySession, dry_run: bool = False, address: str | None 
                                         "classifier features (no Inception weights: `harness fid-weights install` "
                                         "gives FID/KID offline)"))
     if dry_run:
-        return show_plan(session, len(trials), echo)
-    data_hashes = _check_data(loaded)
+        plan = show_plan(session, len(trials), echo)
+        _show_estimate(plan, echo)
+        return plan
+    # Before the lock, MLflow and Ray: every missing dataset, and (for a private local Ray) what one trial needs
+    # that this machine lacks, in one sentence with the profiles that do run here.
+    machine = check_machine(session, trials, address)
+    if machine.missing:
+        raise machine.error()
+    data_hashes = machine.data_hashes
     store = sqlite_path(session.store_uri)
     # the lock lives beside a SQLite store (the results directory's own by default), so drivers sharing the store
     # see one lock; for a tracking server, beside the results
@@ -69,14 +78,24 @@ def run_study(session: StudySession, dry_run: bool = False, address: str | None 
             echo(f"closed {orphans} run(s) left open by a driver that stopped without closing them (now KILLED)")
         plan = plan_study(loaded, tracker, retry_failed)
         todo = [t for t in plan.trials if plan.state[t.config_hash] in ("new", "resume")]
+        if todo and machine.short:  # a study with nothing left to train still writes its tables on any machine
+            raise machine.error()
         done = sum(v == "done" for v in plan.state.values())
         echo(f"study {s.name} [profile {loaded.profile}]: {len(plan.trials)} trials, {done} done, "
              f"{len(todo)} to run, {sum(v == 'failed' for v in plan.state.values())} failed")
-        parent = _run_trials(plan, todo, tracker, rdir, address, echo) if todo else None
+        parent = _run_trials(plan, todo, tracker, rdir, address, echo, session) if todo else None
+        run_calibrations(loaded, plan.trials, tracker, rdir, echo)  # the metrics' floors, once per group
         _write_tables(plan, tracker, rdir, parent, echo)
     return plan
 
 
+def _show_estimate(plan: Plan, echo: Echo) -> None:
+    """`--dry-run`'s compute estimate after the trial table: per trial, then in all (see harness.run.estimate)."""
+    done = {h: r for h, r in plan.runs.items() if plan.state.get(h) == "done"}
+    estimates = estimate_trials(plan.loaded, plan.trials, runs=done)
+    echo("")
+    echo(estimate_table(plan, estimates))
+    echo(estimate_total(plan.loaded, estimates).describe())
 
 
 def _write_tables(plan: Plan, tracker: Tracker, rdir: Path, parent: str | None, echo: Echo) -> None:
@@ -117,14 +136,15 @@ def study_lock(where: Path, study: str, profile: str, path: str | Path):
         f.close()  # releases the lock
 
 
-def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, address: str | None, echo: Echo) -> str:
+def _run_trials(plan: Plan, todo: list[Trial], tracker: Tracker, rdir: Path, address: str | None, echo: Echo,
+                session: StudySession | None = None) -> str:
     """Run ``todo`` through Ray Tune under a new parent run; returns the parent run's id."""
     _quiet_ray()
     from harness.run.progress import Progress, StudyCallback
 
     loaded, s = plan.loaded, plan.loaded.study
     # before any run is opened: an unreachable cluster or unshared storage leaves no run
-    check_cluster(address, rdir, loaded)
+    check_cluster(address, rdir, loaded, session)
     common_tags = _common_tags(loaded)
     parent = tracker.start_parent(s.name, loaded.profile, common_tags, yaml.safe_dump(loaded.raw, sort_keys=False))
     todo = schedule_order(todo)
