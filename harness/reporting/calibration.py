@@ -38,7 +38,7 @@ def calibration_groups(trials: list[Trial], draws: int) -> dict[str, Trial]:
 
 def calibration_name(t: Trial) -> str:
     ev = t.eval
-    what = f"n={ev.get('n_samples')}" if t.recipe != "ddpm" else f"emd_n={ev.get('emd_n') or 128}"
+    what = f"emd_n={ev['emd_n']}" if ev.get("emd_n") else f"n={ev.get('n_samples')}"
     return f"calibration {t.dataset} {what} {ev.get('extractor', '')}".strip()
 
 
