@@ -234,7 +234,7 @@ HUGE = "1" * 100_000
                                             "9 digits"]),
     ("block_sharing", ["train.steps=1000000000"], ["train.steps=1000000000 is too large"]),
     ("toy_ddpm", ["train.epochs=1e9"], ["train.epochs=1000000000 is too large"]),
-    ("block_sharing", ["train.steps=0"], ["train: train.steps must be >= 1, got 0"]),
+    ("block_sharing", ["train.steps=0"], ["block_sharing.yaml: train.steps must be >= 1, got 0"]),
     # (d) memory that obviously cannot fit
     ("block_sharing", ["train.batch_size=1e8"], ["variant 'D16' needs at least", "GB of memory per worker",
                                                  "more than this machine's 17.2 GB", "lower train.batch_size"]),

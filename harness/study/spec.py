@@ -77,6 +77,9 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
+        head, _, section = where.rpartition(": ")
+        if head and str(e).startswith(f"{section}."):  # the message names its key in full (train.steps ...)
+            raise SpecError(f"{head}: {e}") from None
         raise SpecError(f"{where}: {e}") from None
     except (RuntimeError, MemoryError, OverflowError) as e:  # a value too large to check (e.g. T = 5e8 steps)
         raise SpecError(f"{where}: a value is too large to use ({_first_line(e)})") from None
