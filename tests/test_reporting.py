@@ -175,9 +175,13 @@ def test_table1_with_inception_features_sits_beside_the_papers_numbers(store):
     assert "n = 16 samples" in caption and "seeds 0, 1, 2" in caption
     shown = tables._display(df, *metrics.image_distances("inception"))
     assert list(shown.columns) == ["Dataset", "Variant", "Steps", "FID", "KID x1e4", "n", "Trial wall (min)",
-                                   "Paper steps x1e-6", "Paper FID", "Paper KID x1e4", "FID diff", "KID x1e4 diff"]
-    assert shown.iloc[0].tolist() == ["CIFAR10", "D8", "4", "21.00 ± 1.41", "30.00 ± 14.14", "16", "2.0", "0.96",
-                                      "36.51", "67.98", "-15.51", "-37.98"]
+                                   "vs baseline", "Converged", "Paper steps x1e-6", "Paper FID", "Paper KID x1e4",
+                                   "FID diff", "KID x1e4 diff"]
+    assert shown.iloc[0].tolist() == ["CIFAR10", "D8", "4", "21.00 ± 1.41", "30.00 ± 14.14", "16", "2.0", "–",
+                                      "unknown 2/2", "0.96", "36.51", "67.98", "-15.51", "-37.98"]
+    # D16 - D8 by seed: 20 and 22, so 21 with a 95% t interval of 21 ± 12.71 * sqrt(2) / sqrt(2)
+    assert shown.iloc[1]["vs baseline"] == "+21.00 [+8.29, +33.71] worse" and d16.verdict == "worse"
+    assert "Floor: not calibrated" in caption and "biased towards better values" in caption
     assert shown.iloc[1].tolist()[2:5] == ["3", "42.00 ± 2.83", "40.00 ± 14.14"]
     assert shown.iloc[1]["FID diff"] == "+7.48"
 
@@ -430,3 +434,20 @@ def test_pareto_front_and_file_named_by_the_logged_key(store, tmp_path, monkeypa
     assert drawn["front"] == {"D8": True, "D16": False}  # cheaper and better
     csv = pd.read_csv(tmp_path / "pareto_fd_classifier.csv")
     assert csv.set_index("label").fd_classifier.to_dict() == pytest.approx({"D8": 21.0, "D16": 42.0})
+
+
+def test_table1_checks_convergence_against_the_calibrated_floor(store):
+    """With a calibration run (real-vs-real FID spread 1.0: a change beyond 1.96 * sqrt(2) = 2.77 is more than
+    noise), each seed's last change is classified and the floor is stated in the caption."""
+    from harness.reporting.calibration import calibration_groups
+
+    loaded, trials, tracker = image_study(store, "inception")
+    groups = calibration_groups(trials, loaded.study.calibration_draws)
+    assert len(groups) == 1
+    tracker.log_calibration("bs", next(iter(groups)), "calibration cifar10 n=16", {}, [
+        {"reference": "real vs real", "metric": "fid", "mean": 5.0, "sd": 1.0, "draws": 5, "n": 16}])
+    df, caption = tables.best_checkpoint_table(loaded, trials, tracker)
+    d8, d16 = df.iloc[0], df.iloc[1]
+    assert d8.converged == "still improving 2/2" and d8.still_improving == 2  # 30 -> 20 and 26 -> 22
+    assert d16.converged == "still improving 1/2, plateau 1/2"  # 50 -> 40, and 44 -> 46 within the noise
+    assert "Floor: FID of real images against the reference, cifar10 5.00 ± 1.00 (5 draws of n = 16)" in caption

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.reporting.calibration import floors_table
 from harness.reporting.metrics import FEATURE_SPACES, Metric, image_distances, same_as_paper
 from harness.reporting.sources import axis_keys, axis_values, paper_table, provenance, trial_histories
 from harness.reporting.sources import markdown as _markdown
@@ -36,11 +37,12 @@ def best_checkpoint_table(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
     s = loaded.study
     dist, kern = image_distances(s.eval.extractor)
     dkey, kkey = dist.key, kern.key
-    hist = trial_histories(trials, tracker, [dkey, kkey, "n_samples"])
+    hist = trial_histories(trials, tracker, [dkey, kkey, "n_samples", f"{dkey}_sampling_sd"])
     paper = paper_table(s.table.paper_csv) if s.table.paper_csv else None
     axes = axis_keys(trials)
     matched = _paper_axes(paper, axes)
-    rows = []
+    floors = floors_table(loaded, trials, tracker)
+    rows, by_seed = [], []
     for dataset, variant, values, hashes in configurations(trials, axes):
         sub = hist[hist.hash.isin(hashes)] if not hist.empty else hist
         best = []
@@ -50,6 +52,8 @@ def best_checkpoint_table(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
         b = pd.DataFrame(best)
         row: dict[str, Any] = {"dataset": PAPER_DATASET.get(dataset, dataset), "variant": variant, **values,
                                "seeds": len(b)}
+        by_seed.append(dict(zip(b.seed, b[dkey])) if not b.empty else {})
+        row.update(_convergence_cells(sub, dkey, dist.higher_better, floor_sd(floors, dataset, dkey)))
         if not b.empty:
             row["wall_min"] = b.wall_s.mean() / 60
             row["steps_million"] = b.step.mean() / 1e6
@@ -71,6 +75,7 @@ def best_checkpoint_table(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
                     row["fid_diff"] = row["fid"] - row["paper_fid"]
                     row["kid_x1e4_diff"] = row.get("kid_x1e4", float("nan")) - row["paper_kid_x1e4"]
         rows.append(row)
+    _verdict_cells(rows, by_seed, s.table.baseline, axes, dist.higher_better)
     df = pd.DataFrame(rows)
     steps = sorted({t.train.get("steps") for t in trials})
     n = sorted({t.eval["n_samples"] for t in trials})
@@ -81,7 +86,83 @@ def best_checkpoint_table(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
                f"seeds {', '.join(map(str, s.seeds))}. " + _paper_sentence(s))
     if axes:
         caption += " " + _axes_note(axes, matched, paper is not None)
+    caption += " " + evidence_note(dist, s.table.baseline if "verdict" in df else None, floors, n)
     return df, caption
+
+
+def floor_sd(floors: list[dict[str, Any]], dataset: str, metric: str) -> float:
+    """The real-vs-real spread of ``metric`` on ``dataset`` at the study's n (nan when not calibrated)."""
+    for f in floors:
+        if f["dataset"] == dataset and f["metric"] == metric and f["reference"] == "real vs real":
+            return float(f["sd"]) if f["sd"] == f["sd"] else math.nan
+    return math.nan
+
+
+def _convergence_cells(sub: pd.DataFrame, dkey: str, higher_better: bool, floor: float) -> dict[str, Any]:
+    """Each seed's curve checked at its end (harness.reporting.convergence): ``converged`` summarises the states
+    ("plateau 2/2", "still improving 1/2, plateau 1/2"); the noise of one evaluation is the trial's logged sampling
+    spread, else the real-vs-real spread at n (``floor``)."""
+    from harness.reporting.convergence import convergence
+
+    if sub.empty or dkey not in sub:
+        return {}
+    states = []
+    for _h, g in sub.dropna(subset=[dkey]).sort_values("step").groupby("hash"):
+        col = f"{dkey}_sampling_sd"
+        sampling = g[col].dropna() if col in g else pd.Series(dtype=float)
+        noise = float(sampling.mean()) if len(sampling) else floor
+        states.append(convergence(list(g[dkey]), noise, higher_better).state)
+    if not states:
+        return {}
+    counts = pd.Series(states).value_counts()
+    return {"converged": ", ".join(f"{state} {k}/{len(states)}" for state, k in counts.items()),
+            "still_improving": int(counts.get("still improving", 0))}
+
+
+def _verdict_cells(rows: list[dict[str, Any]], by_seed: list[dict[int, float]], baseline: str | None,
+                   axes: list[str], higher_better: bool) -> None:
+    """Each row against the baseline variant's row at the same dataset and axis values, paired by seed
+    (harness.reporting.verdicts): ``vs_baseline`` (difference, 95% interval, verdict) and ``verdict``."""
+    from harness.reporting.verdicts import compare
+
+    if not baseline:
+        return
+    def ident(r: dict[str, Any]) -> tuple:
+        return (r["dataset"], *(_cell(r.get(k)) for k in axes))
+
+    base = {ident(r): i for i, r in enumerate(rows) if r["variant"] == baseline}
+    for i, r in enumerate(rows):
+        j = base.get(ident(r))
+        if j is None or j == i:
+            continue
+        seeds = sorted(set(by_seed[i]) & set(by_seed[j]))
+        v = compare([by_seed[i][k] for k in seeds], [by_seed[j][k] for k in seeds], higher_better, paired=True)
+        r["vs_baseline"], r["verdict"] = v.label(2), v.verdict
+        r["diff_lo"], r["diff_hi"] = v.lo, v.hi
+
+
+def evidence_note(dist: Metric, baseline: str | None, floors: list[dict[str, Any]], n: list[int]) -> str:
+    """What the verdict, convergence and floor columns mean, and the bias of a best-of-several selection."""
+    parts = []
+    if baseline:
+        parts.append(f"vs {baseline}: the difference of the best {dist.short} from {baseline}'s, paired by seed, with "
+                     "its 95% t interval; better or worse only where the interval excludes 0, within noise "
+                     "otherwise, undecided with fewer than two seeds.")
+    parts.append("Converged: each seed's last change against the 95% spread of a difference of two evaluations "
+                 "(the logged sampling spread, else the real-vs-real spread at n); rows still improving rank by "
+                 "training speed as much as by architecture, so their ranking is provisional. The best of several "
+                 "noisy evaluations is biased towards better values by up to about that noise.")
+    real = [f for f in floors if f["reference"] == "real vs real" and f["metric"] == dist.key]
+    if real:
+        floor_text = "; ".join(
+            f"{f['dataset']} {f['mean']:.2f}" + (f" ± {f['sd']:.2f}" if f["sd"] == f["sd"] else "")
+            + f" ({f['draws']} draws of n = {f['n']})" for f in real)
+        parts.append(f"Floor: {dist.short} of real images against the reference, {floor_text}: a generator cannot "
+                     "score below it at this n, and differences smaller than its spread are noise.")
+    else:
+        parts.append(f"Floor: not calibrated ({dist.short} of real against real images at n = "
+                     f"{'/'.join(map(str, n))} was not measured).")
+    return " ".join(parts)
 
 
 def configurations(trials: list[Trial], axes: list[str]) -> list[tuple[str, str, dict[str, Any], list[str]]]:
@@ -152,6 +233,10 @@ def _display(df: pd.DataFrame, dist: Metric, kern: Metric, axes: list[str] = ())
     out["n"] = df.get("n", pd.Series([None] * len(df))).map(lambda v: f"{int(v)}" if pd.notna(v) else "–")
     out["Trial wall (min)"] = df.get("wall_min", pd.Series([None] * len(df))).map(
         lambda v: f"{v:.1f}" if pd.notna(v) else "–")
+    if "vs_baseline" in df:
+        out["vs baseline"] = df["vs_baseline"].map(lambda v: v if isinstance(v, str) else "–")
+    if "converged" in df:
+        out["Converged"] = df["converged"].map(lambda v: v if isinstance(v, str) else "–")
     pdist, pkern = PAPER_DISTANCE.short, PAPER_KERNEL.short
     for col, name, fmt in (("paper_steps_million", "Paper steps x1e-6", "{:.2f}"),
                            ("paper_fid", f"Paper {pdist}", "{:.2f}"),
