@@ -263,11 +263,11 @@ def test_settings_table_rows_in_the_studys_order_with_the_paper_beside(store):
     assert list(shown.Setting) == ["1000", "100"]  # as the axis is written, not as the runs were logged
     assert list(shown.columns) == ["Setting", "EMD (helix)", "Paper EMD (helix)", "Diff EMD (helix)", "NLL (helix)",
                                    "EMD (sin_5_5)", "Paper EMD (sin_5_5)", "Diff EMD (sin_5_5)", "NLL (sin_5_5)",
-                                   "Paper EMD (swiss)"]  # swiss: the paper's own dataset, shown as it is
+                                   "Paper EMD (swiss)", "EMD vs 1000 (helix)"]  # swiss: the paper's own dataset
     assert shown.iloc[0].tolist() == ["1000", "85.00 ± 7.07", "87.54", "-2.54", "2.00 ± 0.71", "70.00", "83.29",
-                                      "-13.29", "–", "9.25"]
+                                      "-13.29", "–", "9.25", "–"]
     assert shown.iloc[1].tolist() == ["100", "120.00", "125.74", "-5.74", "–", "skipped", "116.59", "–", "skipped",
-                                      "10.5"]  # equal values: no "± 0"
+                                      "10.5", "+35.00 [-28.53, +98.53] within noise"]  # equal values: no "± 0"
     row = num.set_index("setting").loc["1000"]
     assert row.emd_helix == pytest.approx(85.0) and row.emd_helix_seeds == 2 and row.emd_sin_5_5_seeds == 1
     assert row.diff_emd_helix == pytest.approx(-2.54) and row.paper_emd_swiss == 9.25
@@ -278,9 +278,11 @@ def test_settings_table_of_variants_uses_the_papers_labels(store):
     loaded, trials, tracker = points_study(store)
     df = settings.final_metrics(loaded, trials, tracker)
     _, shown = settings.substudy_table(df, "complexity", ["helix"], ["emd", "nll"], PAPER)
-    assert list(shown.columns) == ["Setting", "EMD (helix)", "Paper EMD (helix)", "Diff EMD (helix)"]  # no NLL
-    assert shown.values.tolist() == [["Model 3 (64-128-128)", "60.00", "–", "–"],
-                                     ["Model 1 (1x64)", "105.00 ± 7.07", "120.17", "-15.17"]]
+    assert list(shown.columns) == ["Setting", "EMD (helix)", "Paper EMD (helix)", "Diff EMD (helix)",
+                                   "EMD vs Model 3 (64-128-128) (helix)"]  # no NLL
+    assert shown.values.tolist() == [["Model 3 (64-128-128)", "60.00", "–", "–", "–"],
+                                     ["Model 1 (1x64)", "105.00 ± 7.07", "120.17", "-15.17",
+                                      "+40.00 undecided (1 pair)"]]  # mlp-b has seed 0 only
 
 
 @pytest.mark.parametrize("extractor", ["inception", "classifier"])

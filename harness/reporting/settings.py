@@ -148,9 +148,40 @@ def substudy_table(df: pd.DataFrame, name: str, datasets: list[str], metrics: li
                     show[f"Paper {TABLE_METRICS[m].label} ({ds})"] = _paper_num(float(row[col].iloc[0]))
         num_rows.append(num)
         show_rows.append(show)
+    _first_setting_verdicts(sub, settings, datasets, metrics[:1], extractor, num_rows, show_rows)
     shown = pd.DataFrame(show_rows)
     shown = shown[[c for c in shown.columns if c == "Setting" or shown[c].ne("–").any()]]
     return pd.DataFrame(num_rows), shown.fillna("–")
+
+
+def _first_setting_verdicts(sub: pd.DataFrame, settings: list[str], datasets: list[str], metrics: list[str],
+                            extractor: str, num_rows: list[dict], show_rows: list[dict]) -> None:
+    """Each setting's difference from the substudy's first setting on the table metric, paired by seed, with its
+    95% t interval and verdict (harness.reporting.verdicts): ``<metric> vs <first> (<dataset>)``."""
+    from harness.reporting.verdicts import compare
+
+    if len(settings) < 2:
+        return
+    for ds in datasets:
+        for m in metrics:
+            metric = table_metric(m, extractor)
+            if metric.key not in sub:
+                continue
+            base = _by_seed(sub, settings[0], ds, metric.key)
+            for setting, num, show in zip(settings[1:], num_rows[1:], show_rows[1:]):
+                mine = _by_seed(sub, setting, ds, metric.key)
+                seeds = sorted(set(mine) & set(base))
+                if not mine:
+                    continue
+                v = compare([mine[k] for k in seeds], [base[k] for k in seeds], metric.higher_better, paired=True)
+                num[f"verdict_{m}_{ds}"] = v.verdict
+                num[f"diff_lo_{m}_{ds}"], num[f"diff_hi_{m}_{ds}"] = v.lo, v.hi
+                show[f"{metric.label} vs {settings[0]} ({ds})"] = v.label(2)
+
+
+def _by_seed(sub: pd.DataFrame, setting: str, dataset: str, key: str) -> dict[int, float]:
+    cell = sub[(sub.setting == setting) & (sub.dataset == dataset)].dropna(subset=[key])
+    return dict(zip(cell.seed, cell[key]))
 
 
 def _paper_only_datasets(paper: pd.DataFrame | None, name: str, datasets: list[str], metrics: list[str]) -> list[str]:
