@@ -243,6 +243,29 @@ def compare(study_file, by, metric, baseline, substudy, margin, profile, sets, t
 @_study_file
 @_profile
 @_sets
+@click.option("--effect", default=None, type=float, help="The difference to detect, in the table metric's units "
+              "(default: the smallest difference the paper reports between the study's arms and their baseline, "
+              "else the pilot's).")
+@click.option("--power", "target", default=0.8, show_default=True, type=click.FloatRange(0.5, 0.999),
+              help="Target power of the two-sided paired t-test at 5%.")
+@_tracking
+@_results
+def plan(study_file, profile, sets, effect, target, tracking_uri, results_dir) -> None:
+    """Seeds (and samples n) STUDY_FILE needs to decide each comparison, from the finished trials in its store, and
+    the estimated cost here and in GPU-hours at the profile's scale."""
+    from harness.run.planner import plan_study
+    from harness.run.session import StudySession
+
+    if effect is not None and not effect > 0:
+        raise click.BadParameter("must be > 0", param_hint="--effect")
+    plan_study(StudySession(study_file, profile, parse_sets(sets), tracking_uri, results_dir), effect, target,
+               echo=click.echo)
+
+
+@main.command()
+@_study_file
+@_profile
+@_sets
 @_tracking
 @_results
 def status(study_file, profile, sets, tracking_uri, results_dir) -> None:
