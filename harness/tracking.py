@@ -421,11 +421,13 @@ class Tracker:
     def log_calibration(self, study: str, key: str, name: str, tags: dict[str, str],
                         floors: list[dict[str, Any]]) -> str:
         """One calibration as a finished run of its own: each floor's mean and sd as metrics named
-        ``floor/<reference>/<metric>/{mean,sd}`` and the floors as ``floors.json``."""
+        ``floor/<reference>/<metric>/{mean,sd}``, and the floors as ``floors.json`` and in the tag ``harness.floors``
+        (what the reports read: no artifact download)."""
         from mlflow.entities import Metric
 
         run = self.client.create_run(self.experiment_id, run_name=name, tags={
-            f"{TAG}study": study, f"{TAG}kind": KIND_CALIBRATION, f"{TAG}calibration_key": key, **tags})
+            f"{TAG}study": study, f"{TAG}kind": KIND_CALIBRATION, f"{TAG}calibration_key": key,
+            f"{TAG}floors": json.dumps(floors)[:7000], **tags})
         rid = run.info.run_id
         now = int(time.time() * 1000)
         metrics = [Metric(f"floor/{_slug(f['reference'])}/{f['metric']}/{stat}", float(f[stat]), now, 0)

@@ -453,3 +453,23 @@ def test_table1_checks_convergence_against_the_calibrated_floor(store):
     assert d8.converged == "still improving 2/2" and d8.still_improving == 2  # 30 -> 20 and 26 -> 22
     assert d16.converged == "still improving 1/2, plateau 1/2"  # 50 -> 40, and 44 -> 46 within the noise
     assert "Floor: FID of real images against the reference, cifar10 5.00 ± 1.00 (5 draws of n = 16)" in caption
+
+
+def test_settings_report_shows_the_noise_floor_or_says_it_is_missing(store, tmp_path, monkeypatch):
+    from harness.reporting.calibration import calibration_groups
+
+    monkeypatch.setattr(settings, "_data_sources", lambda loaded: ["helix generated"])
+    monkeypatch.setattr(settings, "points_figure", lambda *a: None)
+    loaded, trials, tracker = points_study(store)
+    _, body, _ = settings.settings_tables(loaded, trials, tracker, tmp_path)
+    assert "## Noise floor\n\nNot calibrated" in body
+    for key in calibration_groups(trials, loaded.study.calibration_draws):
+        tracker.log_calibration("pts", key, "c", {}, [
+            {"reference": "training subset", "metric": "emd_test", "mean": 61.5, "sd": 6.1, "draws": 5, "n": 128},
+            {"reference": "N(0, I)", "metric": "emd_test", "mean": 94.4, "sd": float("nan"), "draws": 5,
+             "n": 128}])
+    _, body, main = settings.settings_tables(loaded, trials, tracker, tmp_path)
+    flat = " ".join(body.split())
+    assert "| helix | training subset | emd_test | 61.50 | 6.10 | 5 | 128 |" in flat
+    assert "| sin_5_5 | N(0, I) | emd_test | 94.40 | – | 5 | 128 |" in flat
+    assert "## Noise floor" in main

@@ -179,6 +179,28 @@ def _first_setting_verdicts(sub: pd.DataFrame, settings: list[str], datasets: li
                 show[f"{metric.label} vs {settings[0]} ({ds})"] = v.label(2)
 
 
+def noise_section(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker) -> list[str]:
+    """The report's "Noise floor" lines: the calibration runs' floors (harness.reporting.calibration) as a table, and
+    what the verdict columns mean; a sentence when the study has not been calibrated."""
+    from harness.reporting.calibration import floors_table
+
+    verdicts = ("Verdict columns (`<metric> vs <first setting>`): the difference from the substudy's first setting, "
+                "paired by seed, with its 95% t interval; better or worse only where the interval excludes 0, within "
+                "noise otherwise, undecided with fewer than two common seeds.")
+    floors = floors_table(loaded, trials, tracker)
+    if not floors:
+        return ["## Noise floor", "", "Not calibrated: no calibration run in the store (`calibration_draws` is 0, or "
+                "the study has not finished). " + verdicts, ""]
+    rows = [{"dataset": f["dataset"], "reference": f["reference"], "metric": f["metric"],
+             "mean": _num(f["mean"]), "sd": _num(f["sd"]) if f["sd"] == f["sd"] else "–", "draws": f["draws"],
+             "n": f["n"]} for f in floors]
+    return ["## Noise floor", "",
+            "What the study's metrics give for stand-ins of known quality at its evaluation settings: real images "
+            "against the reference (no generator scores below it at this n), a perfect and a trivial point "
+            "generator, chance accuracy. A difference smaller than the floor's sd is within one evaluation's "
+            "noise. " + verdicts, "", _markdown(pd.DataFrame(rows)), ""]
+
+
 def _by_seed(sub: pd.DataFrame, setting: str, dataset: str, key: str) -> dict[int, float]:
     cell = sub[(sub.setting == setting) & (sub.dataset == dataset)].dropna(subset=[key])
     return dict(zip(cell.seed, cell[key]))
@@ -399,9 +421,10 @@ def settings_tables(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker, 
             f"profile `{loaded.profile}`.")
     reference = (f"Paper: {s.paper or s.table.paper_csv}." if s.paper or paper is not None else
                  "No paper reference (the study names no paper and has no paper table).")
+    noise = noise_section(loaded, trials, tracker)
     sections = [f"# {s.name} ({loaded.profile} profile)", "", s.description.strip(), "",
-                f"{reference} {ours}", "", provenance(trials, tracker), ""]
-    main = [f"# {s.name} ({loaded.profile} profile)", "", f"{reference} {ours}", ""]
+                f"{reference} {ours}", "", provenance(trials, tracker), "", *noise]
+    main = [f"# {s.name} ({loaded.profile} profile)", "", f"{reference} {ours}", "", *noise]
     for name, sub in loaded.substudies:
         name = section_name(loaded, name)
         if df.empty or name not in set(df.substudy):
