@@ -473,3 +473,19 @@ def test_settings_report_shows_the_noise_floor_or_says_it_is_missing(store, tmp_
     assert "| helix | training subset | emd_test | 61.50 | 6.10 | 5 | 128 |" in flat
     assert "| sin_5_5 | N(0, I) | emd_test | 94.40 | – | 5 | 128 |" in flat
     assert "## Noise floor" in main
+
+
+def test_table1_gives_time_to_quality_when_the_study_states_a_target(store):
+    """table.quality_target = 25: D8's seeds reach FID <= 25 at step 4 (20, 22); D16's never do (40, 44)."""
+    import dataclasses
+
+    loaded, trials, tracker = image_study(store, "inception")
+    s = loaded.study
+    loaded = dataclasses.replace(loaded, study=dataclasses.replace(
+        s, table=dataclasses.replace(s.table, quality_target=25.0)))
+    df, _ = tables.best_checkpoint_table(loaded, trials, tracker)
+    d8, d16 = df.iloc[0], df.iloc[1]
+    assert d8.reached == "2/2" and d8.steps_to_target == 4 and d16.reached == "0/2"
+    shown = tables._display(df, *metrics.image_distances("inception"))
+    assert shown.iloc[1]["To target: steps (min), seeds"] == "not reached, 0/2"
+    assert shown.iloc[0]["To target: steps (min), seeds"].startswith("4 (")

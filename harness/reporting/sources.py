@@ -69,6 +69,8 @@ def trial_histories(trials: list[Trial], tracker: Tracker, keys: list[str]) -> p
         for key in keys:
             for m in tracker.client.get_metric_history(run.info.run_id, key):
                 per_step.setdefault(m.step, {})[key] = m.value
+                if key == keys[0]:  # seconds from the run's start to this evaluation's logging (time-to-quality)
+                    per_step[m.step]["time_s"] = max(0.0, (m.timestamp - run.info.start_time) / 1000)
         for step, vals in sorted(per_step.items()):
             rows.append({"hash": t.config_hash, "variant": t.variant, "dataset": t.dataset, "seed": t.seed,
                          **axis_values(t), "step": step,

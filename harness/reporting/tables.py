@@ -54,6 +54,8 @@ def best_checkpoint_table(loaded: LoadedStudy, trials: list[Trial], tracker: Tra
                                "seeds": len(b)}
         by_seed.append(dict(zip(b.seed, b[dkey])) if not b.empty else {})
         row.update(_convergence_cells(sub, dkey, dist.higher_better, floor_sd(floors, dataset, dkey)))
+        if s.table.quality_target is not None:
+            row.update(_time_to_quality(sub, dkey, dist.higher_better, s.table.quality_target, trials, hashes))
         if not b.empty:
             row["wall_min"] = b.wall_s.mean() / 60
             row["steps_million"] = b.step.mean() / 1e6
@@ -117,6 +119,30 @@ def _convergence_cells(sub: pd.DataFrame, dkey: str, higher_better: bool, floor:
     counts = pd.Series(states).value_counts()
     return {"converged": ", ".join(f"{state} {k}/{len(states)}" for state, k in counts.items()),
             "still_improving": int(counts.get("still improving", 0))}
+
+
+def _time_to_quality(sub: pd.DataFrame, dkey: str, higher_better: bool, target: float, trials: list[Trial],
+                     hashes: list[str]) -> dict[str, Any]:
+    """Each seed's first evaluation at or past ``target`` (harness.reporting.convergence.time_to_quality): the mean
+    steps, training images and minutes of the seeds that reached it, and how many did."""
+    from harness.reporting.convergence import time_to_quality
+
+    batch = {t.config_hash: int(t.train.get("batch_size") or 0) for t in trials if t.config_hash in hashes}
+    reached, total = [], 0
+    if not sub.empty and dkey in sub:
+        for h, g in sub.dropna(subset=[dkey]).sort_values("step").groupby("hash"):
+            total += 1
+            ttq = time_to_quality(list(g.step), list(g[dkey]), target, higher_better, batch.get(h, 0),
+                                  list(g.time_s) if "time_s" in g else None)
+            if ttq.step is not None:
+                reached.append(ttq)
+    out: dict[str, Any] = {"reached": f"{len(reached)}/{total}"}
+    if reached:
+        out["steps_to_target"] = sum(r.step for r in reached) / len(reached)
+        out["images_to_target"] = sum(r.images for r in reached) / len(reached)
+        secs = [r.seconds for r in reached if r.seconds is not None]
+        out["minutes_to_target"] = sum(secs) / len(secs) / 60 if secs else float("nan")
+    return out
 
 
 def _verdict_cells(rows: list[dict[str, Any]], by_seed: list[dict[int, float]], baseline: str | None,
@@ -235,6 +261,12 @@ def _display(df: pd.DataFrame, dist: Metric, kern: Metric, axes: list[str] = ())
         lambda v: f"{v:.1f}" if pd.notna(v) else "–")
     if "vs_baseline" in df:
         out["vs baseline"] = df["vs_baseline"].map(lambda v: v if isinstance(v, str) else "–")
+    if "reached" in df:
+        nan = pd.Series([float("nan")] * len(df))
+        steps, minutes = df.get("steps_to_target", nan), df.get("minutes_to_target", nan)
+        out["To target: steps (min), seeds"] = [
+            (f"{st:,.0f} ({mi:.1f}), {r}" if pd.notna(mi) else f"{st:,.0f}, {r}") if pd.notna(st)
+            else f"not reached, {r}" for st, mi, r in zip(steps, minutes, df["reached"])]
     if "converged" in df:
         out["Converged"] = df["converged"].map(lambda v: v if isinstance(v, str) else "–")
     pdist, pkern = PAPER_DISTANCE.short, PAPER_KERNEL.short

@@ -81,6 +81,10 @@ class TableSpec:
     curves: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # settings: extra tables made of other substudies' rows, e.g. {diffusion_vs_gan: [baseline, gan]}
     combine: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # best_checkpoint: a value of the table metric (e.g. 100 for FID): Table 1 gives each row's time to reach it
+    # (steps, training images, minutes; MLPerf's time-to-quality), so variants that converge at different speeds
+    # compare fairly
+    quality_target: float | None = None
 
 
 @dataclass(frozen=True)
