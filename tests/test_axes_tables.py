@@ -260,6 +260,20 @@ def test_smoke_study_with_an_axis_end_to_end_keys_its_table_by_the_axis(tmp_path
     head, _, files = shown.stdout.partition("\nwrote ")
     assert "| Dataset   | Variant | model.width |" in head and head.count("| synthetic |") == 4
     assert "table1.csv" in files
+    # the evidence (issue 19): a calibration run measured the floor after the trials, Table 1 carries the verdict
+    # against the baseline and each row's convergence, and harness plan reads the pilot
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("block_sharing").experiment_id
+    cal = c.search_runs([exp], "tags.`harness.kind` = 'calibration'")
+    assert len(cal) == 1 and any(k.startswith("floor/real_vs_real/fd_classifier/") for k in cal[0].data.metrics)
+    md = (out / "table1.md").read_text()
+    assert "vs baseline" in md and "Converged" in md and "Floor: FD" in md
+    assert {"verdict", "converged"} <= set(table.columns) and table.verdict.notna().sum() == 2  # D16 at each width
+    plan = harness("plan")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert "seeds (n x1)" in plan.stdout and "D16" in plan.stdout
 
 
 def test_a_settings_study_without_substudies_tables_every_trial(store, tmp_path, monkeypatch):

@@ -43,6 +43,9 @@ def test_classifier_smoke_logs_the_range_test_apart_and_tables_the_ablations_bes
     assert (out / "baseline_curves.png").stat().st_size > 0 and (out / "layers_accuracy.png").exists()
     base = pd.read_csv(out / "baseline.csv")
     assert base["accuracy_synthetic_seeds"].iloc[0] == 2  # mean ± std over the two smoke seeds
+    # the evidence (issue 19): chance accuracy as the floor, and each ablation's verdict against its first arm
+    assert "## Noise floor" in readme and "| chance" in readme
+    assert any(c.startswith("verdict_accuracy_") for c in pd.read_csv(out / "layers.csv").columns)
 
 
 def test_over_budget_arm_is_refused_before_training_with_its_count(tmp_path):
