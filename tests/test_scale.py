@@ -47,6 +47,7 @@ def loss_curve(results: Path, **tags: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in sorted(history(results, run, "loss"), key=lambda m: m.step)]
 
 
+@pytest.mark.slow  # ~70 s; tests/test_worker_invariance.py checks every recipe on two gloo workers in-process
 def test_two_gloo_workers_train_the_same_loss_curve_as_one_worker_with_the_same_global_batch(tmp_path):
     # Every rank draws the global batch (samples, noise levels, augmentation, class dropout) from one seed and
     # trains on its half; DDP averages the halves' gradients, which is the global batch's gradient. So the curves
@@ -90,6 +91,7 @@ def two_node_cluster():
         cluster.shutdown()
 
 
+@pytest.mark.slow  # ~35 s: a second Ray node
 def test_a_study_on_a_two_node_cluster_places_trials_on_both_nodes(tmp_path, two_node_cluster):
     results = tmp_path / "results"
     res = harness("study", str(STUDY), "--profile", "smoke", "--results-dir", str(results),

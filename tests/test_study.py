@@ -143,6 +143,7 @@ def test_killed_study_resumes_its_trial_from_the_checkpoint(tmp_path):
     assert len(runs(results, "study")) == 2  # one parent per invocation
 
 
+@pytest.mark.slow  # ~75 s; the default suite resumes a SIGKILLed study (test_killed_study_resumes_its_trial_...)
 def test_sigterm_closes_the_running_trial_as_killed_and_the_rerun_resumes_it(tmp_path):
     results = tmp_path / "results"
     args = ["study", str(STUDY), "--profile", "smoke", "--results-dir", str(results), "--set", "variants=[D8]",
@@ -312,6 +313,7 @@ def test_mnist_compression_smoke_measures_every_arm_and_skips_bitsandbytes_on_cp
     assert "Best NCSN" in readme and "Best DDPM" in readme  # Table 9: the same trials, not trained again
 
 
+@pytest.mark.slow  # ~70 s: two smoke studies on two data roots
 def test_the_same_config_on_other_data_is_another_trial_and_does_not_resume_its_checkpoint(tmp_path):
     # data.root is not part of the config hash (paths are not results), so the data's content fingerprint is what
     # tells a run on generated stand-ins from a run on the real files.
