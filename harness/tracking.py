@@ -13,6 +13,7 @@ import fcntl
 import json
 import logging
 import math
+import os
 import platform
 import re
 import sqlite3
@@ -26,6 +27,10 @@ from typing import Any
 import yaml
 
 from harness.errors import UserError
+
+# MLflow draws a progress bar on stderr for every artifact download (the reports read sample grids and calibration
+# files back): noise between the harness's own lines. Users who want it set the variable themselves.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 TAG = "harness."
 KIND_PARENT, KIND_TRIAL, KIND_CALIBRATION = "study", "trial", "calibration"

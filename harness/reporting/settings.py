@@ -196,9 +196,9 @@ def noise_section(loaded: LoadedStudy, trials: list[Trial], tracker: Tracker) ->
              "n": f["n"]} for f in floors]
     return ["## Noise floor", "",
             "What the study's metrics give for stand-ins of known quality at its evaluation settings: real images "
-            "against the reference (no generator scores below it at this n), a perfect and a trivial point "
-            "generator, chance accuracy. A difference smaller than the floor's sd is within one evaluation's "
-            "noise. " + verdicts, "", _markdown(pd.DataFrame(rows)), ""]
+            "against the reference (what a generator as good as the data scores at this n), a perfect and a "
+            "trivial point generator, chance accuracy. A difference smaller than the floor's sd is within one "
+            "evaluation's noise. " + verdicts, "", _markdown(pd.DataFrame(rows)), ""]
 
 
 def _by_seed(sub: pd.DataFrame, setting: str, dataset: str, key: str) -> dict[int, float]:

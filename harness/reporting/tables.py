@@ -183,8 +183,8 @@ def evidence_note(dist: Metric, baseline: str | None, floors: list[dict[str, Any
         floor_text = "; ".join(
             f"{f['dataset']} {f['mean']:.2f}" + (f" ± {f['sd']:.2f}" if f["sd"] == f["sd"] else "")
             + f" ({f['draws']} draws of n = {f['n']})" for f in real)
-        parts.append(f"Floor: {dist.short} of real images against the reference, {floor_text}: a generator cannot "
-                     "score below it at this n, and differences smaller than its spread are noise.")
+        parts.append(f"Floor: {dist.short} of real images against the reference, {floor_text}: what a generator as "
+                     "good as the data scores at this n, and differences smaller than its spread are noise.")
     else:
         parts.append(f"Floor: not calibrated ({dist.short} of real against real images at n = "
                      f"{'/'.join(map(str, n))} was not measured).")
