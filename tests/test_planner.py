@@ -73,3 +73,14 @@ def test_plan_command_without_a_pilot_proposes_one(tmp_path):
                                     str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert "no pilot with two or more seeds per arm" in res.output and "--set 'seeds=[0,1,2]'" in res.output
+
+
+def test_a_study_with_nothing_to_compare_says_so(tmp_path):
+    from click.testing import CliRunner
+
+    from harness.cli.main import main
+
+    res = CliRunner().invoke(main, ["plan", "studies/block_sharing.yaml", "--profile", "smoke", "--set",
+                                    "variants=[D8]", "--results-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "nothing to compare" in res.output and "pilot" not in res.output
