@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +23,6 @@ from harness.reporting import compare, pareto, settings, tables
 from harness.reporting.sources import trial_histories
 from harness.run import commands
 from harness.study.spec import EvalSpec, Study, TableSpec
-from harness.tracking import Tracker
 
 # (variant, model.width, seed) -> [(step, FID, KID)]: the widths differ far more than the seeds do, so any pooling
 # of the two widths shows in the means, the stds and the seed counts.
@@ -38,20 +36,6 @@ RUNS = {
     ("D16", 64, 0): [(2, 52.0, 0.007), (4, 50.0, 0.006)],
     ("D16", 64, 1): [(2, 53.0, 0.008), (4, 52.0, 0.007)],
 }
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("store") / "mlflow.db"
-    Tracker(f"sqlite:///{path}", "template")
-    return path
-
-
-@pytest.fixture
-def store(tmp_path, template):
-    path = tmp_path / "mlflow.db"
-    shutil.copyfile(template, path)
-    return lambda study: Tracker(f"sqlite:///{path}", study, tmp_path / "mlartifacts")
 
 
 def axis_study(store, paper_csv: str | None = "block_sharing_table1.csv", extractor: str = "inception"):

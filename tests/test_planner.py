@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import math
-import shutil
-from pathlib import Path
 
 import pytest
 from test_reporting import image_study, points_study
 
 from harness.reporting.verdicts import seeds_needed
 from harness.run import planner
-from harness.tracking import Tracker
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("store") / "mlflow.db"
-    Tracker(f"sqlite:///{path}", "template")
-    return path
-
-
-@pytest.fixture
-def store(tmp_path, template):
-    path = tmp_path / "mlflow.db"
-    shutil.copyfile(template, path)
-    return lambda study: Tracker(f"sqlite:///{path}", study, tmp_path / "mlartifacts")
 
 
 def test_table1_questions_use_the_pilot_spread_and_the_papers_smallest_difference(store):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,20 +28,7 @@ REPORTING = Path(__file__).resolve().parents[1] / "harness" / "reporting"
 
 
 # ----------------------------------------------------------------------------------------------------- fake store
-@pytest.fixture(scope="session")
-def empty_store(tmp_path_factory) -> Path:
-    """A migrated, empty SQLite store, made once: creating MLflow's schema takes seconds, copying the file does not."""
-    path = tmp_path_factory.mktemp("store") / "mlflow.db"
-    Tracker(f"sqlite:///{path}", "template")
-    return path
-
-
-@pytest.fixture
-def store(tmp_path, empty_store):
-    """A fresh store per test: ``store(study)`` opens it for that study's experiment."""
-    path = tmp_path / "mlflow.db"
-    shutil.copyfile(empty_store, path)
-    return lambda study: Tracker(f"sqlite:///{path}", study, tmp_path / "mlartifacts")
+# the fake store's fixtures (empty_store, store) are in conftest.py
 
 
 def trial(study: str, variant: str, dataset: str, seed: int, *, recipe: str = "edm", axes: dict | None = None,
