@@ -9,8 +9,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
 from click.testing import CliRunner
+from test_preflight import study_copy
 
 import harness.run.estimate as estimate
 from harness.cli.main import main
@@ -26,16 +26,6 @@ from harness.run.estimate import (
 from harness.study.spec import expand_trials, load_study
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def study_copy(tmp: Path, name: str, edit=None) -> Path:
-    doc = yaml.safe_load((REPO / "studies" / f"{name}.yaml").read_text())
-    if edit:
-        edit(doc)
-    path = tmp / "studies" / f"{name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
 
 
 def smoke(name: str, **sets):
@@ -140,7 +130,7 @@ def test_describe_profile_states_the_range_of_lengths():
 
 
 def test_dry_run_prints_the_estimate_after_the_trial_table(tmp_path):
-    path = study_copy(tmp_path, "block_sharing", lambda d: d.update(default_profile="smoke"))
+    path = study_copy(tmp_path, "block_sharing")  # smoke by default
     res = CliRunner().invoke(main, ["study", str(path), "--dry-run", "--results-dir", str(tmp_path / "results")])
     assert res.exit_code == 0, (res.output, res.exception)
     out = res.output
