@@ -151,6 +151,9 @@ def plan_study(session: StudySession, effect: float | None = None, target: float
 
     loaded = session.loaded
     trials = expand_trials(loaded)
+    if not _questions(loaded, trials):  # before the store is read and rates are measured
+        echo("nothing to compare: every substudy has one variant and no axis, so there is no question to plan for")
+        return []
     tracker = session.tracker() if session.has_store() else None
     questions = plan_questions(loaded, trials, tracker, effect, target)
     finished = tracker.finished_runs(loaded.study.name) if tracker is not None else {}
@@ -161,9 +164,6 @@ def plan_study(session: StudySession, effect: float | None = None, target: float
     echo(f"{loaded.study.name} [profile {loaded.profile}]: seeds per arm for {target:.0%} power at 5% (two-sided "
          f"paired t-test) on {metric.key}, from {len(finished)} finished trial(s) in the store; n = "
          f"{'/'.join(map(str, n0))} samples per evaluation now")
-    if not _questions(loaded, trials):
-        echo("nothing to compare: every substudy has one variant and no axis, so there is no question to plan for")
-        return []
     if not questions or all(q.pairs < 2 for q in questions):
         pilot = session.command("study") + " --set 'seeds=[0,1,2]'"
         minutes = _cost(estimates, 3 / seeds_now, 1)[0]
